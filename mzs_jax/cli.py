@@ -1,0 +1,128 @@
+"""The `mzs` command: a table of subcommands, each living in its own module (DESIGN §3).
+
+Every subcommand module defines `add_arguments(parser)` and `run(args) -> int | None`.
+`args.config` is the loaded ml_collections config (with `--config.key=value` overrides applied),
+or None when the subcommand was given no `--config`; `args.workdir` is a `pathlib.Path` or None.
+Modules are imported lazily so that `mzs --help` is instant and needs no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import sys
+
+# name -> (module, help). The module provides add_arguments(parser) and run(args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mzs_jax.demo", "whole method end to end on phantoms, offline, in minutes"),
+    "make-phantoms": ("mzs_jax.data.phantom_cli", "write procedural phantoms in real formats"),
+    "train-clip": ("mzs_jax.train.clip_task", "stage 1: contrastive fine-tuning (sharded jit)"),
+    "eval-retrieval": ("mzs_jax.pipeline.retrieval", "ROCO-protocol top-1/top-2 retrieval"),
+    "export": ("mzs_jax.weights_cli:export", "workdir checkpoint -> open_clip safetensors"),
+    "import": ("mzs_jax.weights_cli:import", "open_clip weights -> workdir checkpoint"),
+    "segment": ("mzs_jax.pipeline.zeroshot", "stage 2: saliency -> DPFEM -> CRF -> box -> mask"),
+    "train-weak": ("mzs_jax.pipeline.weak", "stage 3: ResUNet on pseudo-masks (sharded jit)"),
+    "evaluate": ("mzs_jax.pipeline.evaluate", "IoU/Dice/AUC per case, seeds, paired t-test"),
+    "bench": ("mzs_jax.bench_cli", "run bench/ scripts and write one Markdown table"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad config file or `--config.key=value` override; the message names the key or file."""
+
+
+def split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `--config FILE[:arg]` and `--config.key=value` from the other arguments."""
+    config_args, rest = [], []
+    it = iter(range(len(argv)))
+    for i in it:
+        a = argv[i]
+        if a == "--config" or (a.startswith("--config.") and "=" not in a):
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{a} needs a value")
+            config_args.append(f"{a}={argv[i + 1]}")
+            next(it, None)
+        elif a.startswith("--config=") or a.startswith("--config."):
+            config_args.append(a)
+        else:
+            rest.append(a)
+    return config_args, rest
+
+
+def load_config(config_args: list[str]):
+    """Load an ml_collections config file and apply overrides through `config_flags`."""
+    if not config_args:
+        return None
+    if not any(a.startswith("--config=") for a in config_args):
+        raise ConfigError("--config.key=value overrides given without --config FILE.py")
+    from absl import flags
+    from ml_collections import config_flags
+
+    path = next(a.split("=", 1)[1] for a in config_args if a.startswith("--config="))
+    file_part = path.split(":", 1)[0]
+    if not pathlib.Path(file_part).is_file():
+        raise ConfigError(f"config file not found: {file_part}")
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True)
+    try:
+        fv(["mzs", *config_args])
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
+        raise ConfigError(f"bad config {path}: {e}") from e
+    return fv.config
+
+
+def _resolve(name: str):
+    target, _ = COMMANDS[name]
+    module_name, _, prefix = target.partition(":")
+    module = importlib.import_module(module_name)
+    add = getattr(module, f"add_{prefix}_arguments" if prefix else "add_arguments")
+    run = getattr(module, f"run_{prefix}" if prefix else "run")
+    return add, run
+
+
+def _top_help() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: mzs SUBCOMMAND [--config FILE.py] [--config.key=value ...] [--workdir DIR]",
+             "", "MedZeroSeg in JAX. Subcommands:"]
+    lines += [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
+    lines += ["", "Run `mzs SUBCOMMAND --help` for its options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"mzs: unknown subcommand {name!r}\n\n{_top_help()}", file=sys.stderr)
+        return 2
+    add, run = _resolve(name)
+    parser = argparse.ArgumentParser(prog=f"mzs {name}", description=COMMANDS[name][1])
+    parser.add_argument("--config", metavar="FILE.py[:arg]",
+                        help="ml_collections config file; override keys with --config.key=value")
+    if not any(a.dest == "workdir" for a in parser._actions):
+        parser.add_argument("--workdir", type=pathlib.Path, default=None,
+                            help="directory for checkpoints, metrics and outputs")
+    add(parser)
+    try:
+        config_args, rest = split_config_args(argv[1:])
+        args = parser.parse_args(rest)
+        args.config = load_config(config_args)
+    except ConfigError as e:
+        print(f"mzs {name}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return int(run(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        # One clear line naming the file or key; the traceback is noise for a user's bad input.
+        if "MZS_TRACEBACK" in __import__("os").environ:
+            raise
+        print(f"mzs {name}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
