@@ -64,7 +64,7 @@ def load_config(config_args: list[str]):
     if not pathlib.Path(file_part).is_file():
         raise ConfigError(f"config file not found: {file_part}")
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True)
+    config_flags.DEFINE_config_file("config", default=path, flag_values=fv, lock_config=True)
     try:
         fv(["mzs", *config_args])
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
@@ -83,8 +83,11 @@ def _resolve(name: str):
 
 def _top_help() -> str:
     width = max(len(n) for n in COMMANDS)
-    lines = ["usage: mzs SUBCOMMAND [--config FILE.py] [--config.key=value ...] [--workdir DIR]",
-             "", "MedZeroSeg in JAX. Subcommands:"]
+    lines = [
+        "usage: mzs SUBCOMMAND [--config FILE.py] [--config.key=value ...] [--workdir DIR]",
+        "",
+        "MedZeroSeg in JAX. Subcommands:",
+    ]
     lines += [f"  {n.ljust(width)}  {h}" for n, (_, h) in COMMANDS.items()]
     lines += ["", "Run `mzs SUBCOMMAND --help` for its options."]
     return "\n".join(lines)
@@ -101,11 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     add, run = _resolve(name)
     parser = argparse.ArgumentParser(prog=f"mzs {name}", description=COMMANDS[name][1])
-    parser.add_argument("--config", metavar="FILE.py[:arg]",
-                        help="ml_collections config file; override keys with --config.key=value")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.py[:arg]",
+        help="ml_collections config file; override keys with --config.key=value",
+    )
     if not any(a.dest == "workdir" for a in parser._actions):
-        parser.add_argument("--workdir", type=pathlib.Path, default=None,
-                            help="directory for checkpoints, metrics and outputs")
+        parser.add_argument(
+            "--workdir",
+            type=pathlib.Path,
+            default=None,
+            help="directory for checkpoints, metrics and outputs",
+        )
     add(parser)
     try:
         config_args, rest = split_config_args(argv[1:])

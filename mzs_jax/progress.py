@@ -14,13 +14,21 @@ def _fmt(seconds: float) -> str:
 
 
 class Progress:
-    """`Progress(total, stage)`; call `.update(n, **metrics)`; prints at most every `every_s` seconds.
+    """`Progress(total, stage)`; `.update(n, **metrics)` prints at most every `every_s` seconds.
 
     Only process 0 should print in multi-host runs: pass `enabled=jax.process_index() == 0`.
     """
 
-    def __init__(self, total: int, stage: str, *, unit: str = "it", every_s: float = 2.0,
-                 enabled: bool = True, stream=None):
+    def __init__(
+        self,
+        total: int,
+        stage: str,
+        *,
+        unit: str = "it",
+        every_s: float = 2.0,
+        enabled: bool = True,
+        stream=None,
+    ):
         self.total, self.stage, self.unit = int(total), stage, unit
         self.every_s, self.enabled = every_s, enabled
         self.stream = stream or sys.stdout
@@ -37,19 +45,24 @@ class Progress:
     def update(self, n: int = 1, *, force: bool = False, **metrics) -> None:
         self.done += n
         now = time.perf_counter()
-        if not self.enabled or (not force and now - self._last < self.every_s
-                                and self.done < self.total):
+        if not self.enabled or (
+            not force and now - self._last < self.every_s and self.done < self.total
+        ):
             return
         self._last = now
         elapsed = now - self.start
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = self.eta_seconds()
-        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in metrics.items())
+        extra = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+        )
         eta_s = _fmt(eta) if eta == eta else "--:--"
-        print(f"[{self.stage}] {self.done}/{self.total} {self.unit} "
-              f"{rate:.2f} {self.unit}/s elapsed {_fmt(elapsed)} ETA {eta_s} {extra}".rstrip(),
-              file=self.stream, flush=True)
+        print(
+            f"[{self.stage}] {self.done}/{self.total} {self.unit} "
+            f"{rate:.2f} {self.unit}/s elapsed {_fmt(elapsed)} ETA {eta_s} {extra}".rstrip(),
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self, **metrics) -> None:
         if self.done < self.total:
