@@ -1,0 +1,1 @@
+"""Stages 2–3 and evaluation: saliency, post-processing, zero-shot masks, weak supervision."""
