@@ -17,24 +17,26 @@ _EPS = 1e-6
 
 def default_config() -> ConfigDict:
     """Post-processing hyperparameters (`config.postprocess` in `configs/zeroshot_*.py`)."""
-    return ConfigDict({
-        "crf": {
-            "enabled": True,
-            "iterations": 5,
-            "gaussian_sxy": 3.0,
-            "gaussian_compat": 3.0,
-            "bilateral_sxy": 40.0,
-            "bilateral_srgb": 13.0,
-            "bilateral_compat": 10.0,
-            "clip": 1e-5,
-        },
-        "threshold": 0.5,
-        "closing_kernel": 3,
-        # "union": one box around all foreground (the paper); "components": one box per connected
-        # component whose area ≥ min_area_fraction of the foreground; "largest": largest component.
-        "box_mode": "union",
-        "min_area_fraction": 0.1,
-    })
+    return ConfigDict(
+        {
+            "crf": {
+                "enabled": True,
+                "iterations": 5,
+                "gaussian_sxy": 3.0,
+                "gaussian_compat": 3.0,
+                "bilateral_sxy": 40.0,
+                "bilateral_srgb": 13.0,
+                "bilateral_compat": 10.0,
+                "clip": 1e-5,
+            },
+            "threshold": 0.5,
+            "closing_kernel": 3,
+            # "union": one box around all foreground (the paper); "components": one box per connected
+            # component whose area ≥ min_area_fraction of the foreground; "largest": largest component.
+            "box_mode": "union",
+            "min_area_fraction": 0.1,
+        }
+    )
 
 
 def minmax(x: np.ndarray) -> np.ndarray:
@@ -53,7 +55,7 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
-    """`(H, W)`, `(H, W, 1)` or `(H, W, 3)` image (float in [0, 1] or uint8) → C-contiguous uint8 RGB."""
+    """`(H, W[, 1 or 3])` image, float in [0, 1] or uint8 → C-contiguous uint8 RGB `(H, W, 3)`."""
     img = np.asarray(image)
     if img.ndim == 2:
         img = img[..., None]
@@ -100,8 +102,9 @@ def dense_crf(
     crf = dcrf.DenseCRF2D(w, h, 2)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(np.stack([1 - p, p]), clip=clip)))
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
-    crf.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb,
-                             compat=bilateral_compat)
+    crf.addPairwiseBilateral(
+        sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=rgb, compat=bilateral_compat
+    )
     q = np.asarray(crf.inference(int(iterations)), np.float32).reshape(2, h, w)
     return q[1]
 
@@ -118,8 +121,9 @@ def binarize(prob: np.ndarray, threshold: float = 0.5, closing_kernel: int = 3) 
     return m.astype(bool)
 
 
-def tightest_box(mask: np.ndarray, *, mode: str = "union",
-                 min_area_fraction: float = 0.0) -> np.ndarray:
+def tightest_box(
+    mask: np.ndarray, *, mode: str = "union", min_area_fraction: float = 0.0
+) -> np.ndarray:
     """Boxes `(K, 4)` int64 `(x0, y0, x1, y1)`, half-open, around the foreground of a bool mask.
 
     mode "union": one box around all foreground pixels (K ≤ 1); "components": one per
@@ -146,8 +150,9 @@ def tightest_box(mask: np.ndarray, *, mode: str = "union",
         keep = stats[:, cv2.CC_STAT_AREA] >= min_area_fraction * m.sum()
         stats = stats[keep]
     x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    return np.stack([x0, y0, x0 + stats[:, cv2.CC_STAT_WIDTH],
-                     y0 + stats[:, cv2.CC_STAT_HEIGHT]], axis=1).astype(np.int64)
+    return np.stack(
+        [x0, y0, x0 + stats[:, cv2.CC_STAT_WIDTH], y0 + stats[:, cv2.CC_STAT_HEIGHT]], axis=1
+    ).astype(np.int64)
 
 
 def boxes_to_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
