@@ -64,9 +64,12 @@ def load_config(config_args: list[str]):
     if not pathlib.Path(file_part).is_file():
         raise ConfigError(f"config file not found: {file_part}")
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", default=path, flag_values=fv, lock_config=True)
+    argv = ["mzs", *config_args]
+    config_flags.DEFINE_config_file(
+        "config", default=None, flag_values=fv, lock_config=True, sys_argv=argv
+    )
     try:
-        fv(["mzs", *config_args])
+        fv(argv)
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
         raise ConfigError(f"bad config {path}: {e}") from e
     return fv.config
