@@ -1,0 +1,1 @@
+"""Flax NNX models: BiomedCLIP (vit, bert, clip), DPFEM, ResUNet, metadata context encoder."""

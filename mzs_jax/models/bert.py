@@ -1,0 +1,102 @@
+"""Text tower of BiomedCLIP: HF `BertModel` (PubMedBERT) semantics in Flax NNX (MedZeroSeg §3.1).
+
+Post-norm BERT encoder with padding mask and token_type 0, CLS last-hidden-state pooling, then
+open_clip's MLP projection Linear(W→P, no bias) → exact GELU → Linear(P→E, no bias).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mzs_jax.models.vit import dot_product_attention, gelu
+
+
+class BertEmbeddings(nnx.Module):
+    """word + position + token_type(0) embeddings, then LayerNorm."""
+
+    def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        init = nnx.initializers.normal(0.02)
+        self.max_positions = cfg.max_positions
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.width, embedding_init=init, **kw)
+        self.position_embeddings = nnx.Embed(
+            cfg.max_positions, cfg.width, embedding_init=init, **kw
+        )
+        self.token_type_embeddings = nnx.Embed(
+            cfg.type_vocab_size, cfg.width, embedding_init=init, **kw
+        )
+        self.LayerNorm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
+
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        if input_ids.shape[1] > self.max_positions:
+            raise ValueError(
+                f"text length {input_ids.shape[1]} exceeds text.max_positions={self.max_positions}"
+            )
+        positions = jnp.arange(input_ids.shape[1])[None, :]
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(jnp.zeros_like(input_ids))
+        )
+        return self.LayerNorm(x)
+
+
+class BertLayer(nnx.Module):
+    """HF `BertLayer`: x = LN(x + attn(x)); x = LN(x + output(gelu(intermediate(x))))."""
+
+    def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
+        if cfg.width % cfg.heads:
+            raise ValueError(f"text.width={cfg.width} is not divisible by text.heads={cfg.heads}")
+        self.heads = cfg.heads
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        w = cfg.width
+        self.query = nnx.Linear(w, w, **kw)
+        self.key = nnx.Linear(w, w, **kw)
+        self.value = nnx.Linear(w, w, **kw)
+        self.attention_output = nnx.Linear(w, w, **kw)
+        self.attention_LayerNorm = nnx.LayerNorm(w, epsilon=cfg.ln_eps, **kw)
+        self.intermediate = nnx.Linear(w, cfg.intermediate, **kw)
+        self.output = nnx.Linear(cfg.intermediate, w, **kw)
+        self.output_LayerNorm = nnx.LayerNorm(w, epsilon=cfg.ln_eps, **kw)
+
+    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+        b, n, w = x.shape
+        split = lambda t: t.reshape(b, n, self.heads, w // self.heads)
+        a = dot_product_attention(
+            split(self.query(x)), split(self.key(x)), split(self.value(x)), bias
+        )
+        x = self.attention_LayerNorm(x + self.attention_output(a.reshape(b, n, w)))
+        return self.output_LayerNorm(x + self.output(gelu(self.intermediate(x))))
+
+
+class TextTower(nnx.Module):
+    """open_clip `HFTextEncoder` around BERT: `transformer` → CLS token → `proj` MLP."""
+
+    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.context_length = cfg.context_length
+        self.embeddings = BertEmbeddings(cfg, **kw)
+        self.layers = nnx.List([BertLayer(cfg, **kw) for _ in range(cfg.layers)])
+        self.proj_0 = nnx.Linear(cfg.width, cfg.proj_hidden, use_bias=False, **kw)
+        self.proj_2 = nnx.Linear(cfg.proj_hidden, embed_dim, use_bias=False, **kw)
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """`(B, L)` ids and 0/1 mask → last hidden state `(B, L, W)`; masked keys are ignored."""
+        if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)} must both be (B, L)"
+            )
+        # Same additive mask as HF: the most negative float32 on padded keys.
+        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+        x = self.embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """`(B, L)` ids, mask → unnormalised embeddings `(B, E)` from the CLS token."""
+        cls = self.hidden_states(input_ids, attention_mask)[:, 0]
+        return self.proj_2(gelu(self.proj_0(cls)))

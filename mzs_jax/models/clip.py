@@ -1,0 +1,142 @@
+"""BiomedCLIP two-tower model in Flax NNX and its configs (MedZeroSeg §3.1, open_clip BiomedCLIP).
+
+`model_config(name)` gives the architecture; `CLIP(cfg, rngs=...)` builds it;
+`load(cfg, sd_or_path)`
+builds it from open_clip weights (see `mzs_jax.convert`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from mzs_jax.models.bert import TextTower
+from mzs_jax.models.vit import VisionTransformer
+
+MODEL_NAMES = ("biomedclip", "tiny")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def model_config(name: str) -> ConfigDict:
+    """Architecture config for `"biomedclip"` (open_clip BiomedCLIP) or `"tiny"` (same family)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model name must be one of {MODEL_NAMES}, got {name!r}")
+    c = ConfigDict()
+    c.name = name
+    c.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.param_dtype = "float32"
+    c.logit_scale_init = math.log(1 / 0.07)
+    c.context = ConfigDict({"enabled": False})  # metadata encoder (models/context.py), not exported
+    if name == "biomedclip":
+        c.embed_dim = 512
+        c.vision = ConfigDict(
+            dict(
+                image_size=224,
+                patch_size=16,
+                width=768,
+                layers=12,
+                heads=12,
+                mlp_dim=3072,
+                ln_eps=1e-6,
+            )
+        )
+        c.text = ConfigDict(
+            dict(
+                vocab_size=30522,
+                max_positions=512,
+                type_vocab_size=2,
+                width=768,
+                layers=12,
+                heads=12,
+                intermediate=3072,
+                ln_eps=1e-12,
+                context_length=256,
+                proj_hidden=640,
+                pad_token_id=0,
+            )
+        )
+    else:
+        # Widths chosen pairwise different (64/80/96) so a transposed weight cannot go unnoticed;
+        # proj_hidden = (text.width + embed_dim) // 2 as open_clip's HF MLP projection computes it.
+        c.embed_dim = 96
+        c.vision = ConfigDict(
+            dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, mlp_dim=128, ln_eps=1e-6)
+        )
+        c.text = ConfigDict(
+            dict(
+                vocab_size=1024,
+                max_positions=64,
+                type_vocab_size=2,
+                width=64,
+                layers=2,
+                heads=2,
+                intermediate=128,
+                ln_eps=1e-12,
+                context_length=32,
+                proj_hidden=80,
+                pad_token_id=0,
+            )
+        )
+    return c
+
+
+def _dtype(cfg, field: str):
+    value = cfg[field]
+    if value not in DTYPES:
+        raise ValueError(f"model.{field} must be one of {tuple(DTYPES)}, got {value!r}")
+    return DTYPES[value]
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class CLIP(nnx.Module):
+    """`.visual` (ViT), `.text` (BERT), `.logit_scale` (scalar Param), `.context` (optional)."""
+
+    def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
+        dtype, param_dtype = _dtype(cfg, "dtype"), _dtype(cfg, "param_dtype")
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if cfg.text.context_length > cfg.text.max_positions:
+            raise ValueError(
+                f"text.context_length={cfg.text.context_length} exceeds "
+                f"text.max_positions={cfg.text.max_positions}"
+            )
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
+        self.text = TextTower(cfg.text, cfg.embed_dim, **kw)
+        self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, param_dtype))
+        self.context = None
+        if cfg.context.enabled:
+            try:
+                from mzs_jax.models.context import ContextEncoder
+            except ImportError as e:
+                raise ValueError(
+                    "model.context.enabled=True needs mzs_jax.models.context.ContextEncoder, "
+                    f"which cannot be imported: {e}"
+                ) from e
+            self.context = ContextEncoder(cfg.context, cfg.embed_dim, rngs=rngs)
+
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        """NHWC float32 images normalised with CLIP mean/std `(B, H, W, 3)` → `(B, E)`, unit L2."""
+        return _l2_normalize(self.visual(images))
+
+    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """int32 `(B, L)` ids and 0/1 mask → `(B, E)`, unit L2."""
+        return _l2_normalize(self.text(input_ids, attention_mask))
+
+
+def load(cfg: ConfigDict, state_dict_or_path: dict[str, np.ndarray] | str | os.PathLike) -> CLIP:
+    """Build a CLIP from open_clip weights: a state dict, or a safetensors / `.bin` / `.pt` file."""
+    from mzs_jax import convert
+
+    sd = state_dict_or_path
+    if not isinstance(sd, dict):
+        sd = convert.load_state_dict_file(sd)
+    return convert.from_open_clip(sd, cfg)

@@ -1,0 +1,167 @@
+"""Image tower of BiomedCLIP: timm `vit_base_patch16_224` semantics in Flax NNX (MedZeroSeg §3.1).
+
+Pre-norm ViT with a class token, learned position embedding, exact GELU, final LayerNorm,
+class-token pooling and a bias-free `head.proj`. `forward_features` exposes one block activation
+(`tap`) so that JAX gScoreCAM can take gradients there.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+TAP_POINTS = ("norm1", "norm2")
+
+
+def dot_product_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None
+) -> jax.Array:
+    """Multi-head attention on `(B, L, H, D)` inputs; softmax in float32 whatever the dtype.
+
+    `bias` is additive, broadcastable to `(B, H, Lq, Lk)` (e.g. `-inf`-like on padded keys).
+    Returns `(B, Lq, H, D)` in `q.dtype`.
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch `nn.GELU()` and HF BERT's `gelu`."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class Attention(nnx.Module):
+    """timm `Attention`: fused `qkv` Linear (q, k, v stacked on the output axis), then `proj`."""
+
+    def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"vision.width={width} is not divisible by vision.heads={heads}")
+        self.heads = heads
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = nnx.Linear(width, 3 * width, **kw)
+        self.proj = nnx.Linear(width, width, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, n, w = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads)
+        out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        return self.proj(out.reshape(b, n, w))
+
+
+class Mlp(nnx.Module):
+    """timm `Mlp`: fc1 → exact GELU → fc2."""
+
+    def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(width, hidden, **kw)
+        self.fc2 = nnx.Linear(hidden, width, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(gelu(self.fc1(x)))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+    def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
+        self.attn = Attention(cfg.width, cfg.heads, **kw)
+        self.norm2 = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
+        self.mlp = Mlp(cfg.width, cfg.mlp_dim, **kw)
+
+    def __call__(self, x, *, tap: str | None = None, tap_delta=None):
+        """Returns `(x, tapped)`; `tapped` is the `tap` activation (+ `tap_delta`) or None."""
+        tapped = None
+        h = self.norm1(x)
+        if tap == "norm1":
+            h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
+            tapped = h
+        x = x + self.attn(h)
+        h = self.norm2(x)
+        if tap == "norm2":
+            h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
+            tapped = h
+        x = x + self.mlp(h)
+        return x, tapped
+
+
+class VisionTransformer(nnx.Module):
+    """timm ViT trunk + `head.proj`. Input: NHWC float32 images normalised with CLIP mean/std."""
+
+    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(
+                f"vision.image_size={cfg.image_size} is not a multiple of "
+                f"vision.patch_size={cfg.patch_size}"
+            )
+        self.dtype = dtype
+        self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
+        num_patches = (cfg.image_size // cfg.patch_size) ** 2
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        p = cfg.patch_size
+        self.patch_embed = nnx.Conv(3, cfg.width, (p, p), strides=(p, p), padding="VALID", **kw)
+        init = nnx.initializers.normal(0.02)
+        self.cls_token = nnx.Param(init(rngs.params(), (1, 1, cfg.width), param_dtype))
+        self.pos_embed = nnx.Param(
+            init(rngs.params(), (1, 1 + num_patches, cfg.width), param_dtype)
+        )
+        self.blocks = nnx.List(
+            [Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.layers)]
+        )
+        self.norm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
+        self.head_proj = nnx.Linear(cfg.width, embed_dim, use_bias=False, **kw)
+
+    def forward_features(
+        self,
+        images: jax.Array,
+        *,
+        tap: tuple[int, str] | None = None,
+        tap_delta: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """images `(B, H, W, 3)` → (final-norm tokens `(B, 1+N, W)`, tapped `(B, 1+N, W)` or None).
+
+        `tap=(block_index, "norm2")` (or "norm1") returns that block's normalised activation with
+        `tap_delta` added before the block continues, so `jax.grad` w.r.t. `tap_delta` is the
+        gradient at that activation.
+        """
+        b, h, w, c = images.shape
+        if (h, w, c) != (self.image_size, self.image_size, 3):
+            raise ValueError(
+                f"images must be (B, {self.image_size}, {self.image_size}, 3) NHWC, got "
+                f"{tuple(images.shape)}"
+            )
+        tap_block, tap_point = self._check_tap(tap)
+        x = self.patch_embed(images.astype(self.dtype))
+        x = x.reshape(b, -1, x.shape[-1])
+        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
+        tapped = None
+        for i, block in enumerate(self.blocks):
+            here = tap_point if i == tap_block else None
+            x, t = block(x, tap=here, tap_delta=tap_delta if here else None)
+            tapped = t if here else tapped
+        return self.norm(x), tapped
+
+    def _check_tap(self, tap) -> tuple[int | None, str | None]:
+        if tap is None:
+            return None, None
+        index, point = tap
+        n = len(self.blocks)
+        if not -n <= index < n or point not in TAP_POINTS:
+            raise ValueError(f"tap must be (block in [-{n}, {n}), one of {TAP_POINTS}), got {tap}")
+        return index % n, point
+
+    def project(self, tokens: jax.Array) -> jax.Array:
+        """`head.proj` on any tokens `(..., W)` → `(..., E)` (class token or all tokens)."""
+        return self.head_proj(tokens)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """images `(B, H, W, 3)` → unnormalised embeddings `(B, E)` from the class token."""
+        tokens, _ = self.forward_features(images)
+        return self.project(tokens[:, 0])
