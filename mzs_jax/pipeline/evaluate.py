@@ -1,0 +1,426 @@
+"""Segmentation metrics (IoU, Dice, AUC; paper Eqs. 10-12), per-case CSVs, summaries, statistics.
+
+Implements the paper's evaluation protocol (Results, "validation metrics"): per case and per class,
+mean ± std across cases and across seeds, paired t-test between methods, McNemar for retrieval.
+The conventions for empty masks are in `docs/evaluation.md` and in `case_metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import pathlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from mzs_jax.pipeline.metrics import auc, case_metrics, dice, iou, multiclass_case_metrics
+from mzs_jax.pipeline.metrics import nanmean as _nanmean
+from mzs_jax.pipeline.stats import TTest, mcnemar, paired_ttest
+
+__all__ = [
+    "auc",
+    "case_metrics",
+    "dice",
+    "iou",
+    "multiclass_case_metrics",
+    "mcnemar",
+    "paired_ttest",
+    "summarize",
+    "evaluate_dirs",
+    "read_csv",
+    "write_csv",
+]
+
+METRICS = ("iou", "dice", "auc")
+CSV_FIELDS = (
+    "method",
+    "dataset",
+    "seed",
+    "case",
+    "class",
+    "iou",
+    "dice",
+    "auc",
+    "pred_voxels",
+    "gt_voxels",
+    "note",
+)
+CLASS_MEAN = "mean"  # the `class` label of the per-case mean over foreground classes
+
+
+# ----------------------------------------------------------------------------- CSV rows
+
+
+def make_rows(
+    per_class: dict[int, dict],
+    *,
+    method: str,
+    dataset: str,
+    seed: int | str,
+    case: str,
+    class_names: dict[int, str] | None = None,
+) -> list[dict]:
+    """CSV rows (one per class) of one case, in `CSV_FIELDS` order."""
+    names = class_names or {}
+    return [
+        {
+            "method": method,
+            "dataset": dataset,
+            "seed": str(seed),
+            "case": case,
+            "class": names.get(c, str(c)),
+            **m,
+        }
+        for c, m in per_class.items()
+    ]
+
+
+def write_csv(rows: Iterable[dict], path: str | pathlib.Path, *, append: bool = False) -> None:
+    """Write (or append) per-case rows; the header is written once. Floats with 6 decimals."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not (append and path.exists())
+    if not new:
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is not None and tuple(header) != CSV_FIELDS:
+            raise ValueError(f"{path}: existing header {header} differs from {list(CSV_FIELDS)}")
+    with path.open("w" if new else "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow(
+                {k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in CSV_FIELDS}
+            )
+
+
+def read_csv(path: str | pathlib.Path) -> list[dict]:
+    """Rows of a per-case CSV with metrics parsed as floats (NaN kept)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics CSV not found: {path}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(CSV_FIELDS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        rows = list(reader)
+    for i, r in enumerate(rows):
+        try:
+            for k in METRICS:
+                r[k] = float(r[k])
+        except ValueError as e:
+            raise ValueError(f"{path}: row {i + 2}: {e}") from e
+    return rows
+
+
+def with_class_mean(rows: list[dict]) -> list[dict]:
+    """Add, per (method, dataset, seed, case), a row `class == "mean"` averaging its classes
+    (NaN-aware; the dataset-level figure of Table 3 for multi-organ datasets)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["class"] != CLASS_MEAN:
+            groups[(r["method"], r["dataset"], r["seed"], r["case"])].append(r)
+    out = [r for r in rows if r["class"] != CLASS_MEAN]
+    for (m, d, s, c), rs in groups.items():
+        mean = {k: _nanmean([r[k] for r in rs]) for k in METRICS}
+        out.append(
+            {
+                "method": m,
+                "dataset": d,
+                "seed": s,
+                "case": c,
+                "class": CLASS_MEAN,
+                **mean,
+                "pred_voxels": "",
+                "gt_voxels": "",
+                "note": "",
+            }
+        )
+    return out
+
+
+def _std(a: np.ndarray) -> float:
+    """Sample standard deviation (ddof=1); 0 for a single value."""
+    return float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+SUMMARY_FIELDS = (
+    "method",
+    "dataset",
+    "class",
+    "metric",
+    "n_cases",
+    "n_seeds",
+    "n_nan",
+    "n_both_empty",
+    "case_mean",
+    "case_std",
+    "seed_mean",
+    "seed_std",
+)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean ± std per (method, dataset, class, metric), computed from per-case rows.
+
+    - `case_mean ± case_std`: across cases of the per-case value averaged over seeds.
+    - `seed_mean ± seed_std`: across seeds of each seed's mean over cases (the paper's
+      "mean ± std over three independent runs"). Std is the sample std (ddof=1).
+    NaN values (undefined AUC) are excluded and counted in `n_nan`.
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["dataset"], r["class"])].append(r)
+    out = []
+    for (m, d, c), rs in groups.items():
+        both_empty = sum("both_empty" in (r.get("note") or "") for r in rs)
+        for k in METRICS:
+            per_case: dict[str, list[float]] = defaultdict(list)
+            per_seed: dict[str, list[float]] = defaultdict(list)
+            for r in rs:
+                per_case[r["case"]].append(r[k])
+                per_seed[r["seed"]].append(r[k])
+            case_vals = np.array([_nanmean(v) for v in per_case.values()])
+            seed_vals = np.array([_nanmean(v) for v in per_seed.values()])
+            case_vals, seed_vals = case_vals[~np.isnan(case_vals)], seed_vals[~np.isnan(seed_vals)]
+            out.append(
+                {
+                    "method": m,
+                    "dataset": d,
+                    "class": c,
+                    "metric": k,
+                    "n_cases": len(per_case),
+                    "n_seeds": len(per_seed),
+                    "n_nan": int(sum(math.isnan(r[k]) for r in rs)),
+                    "n_both_empty": both_empty,
+                    "case_mean": float(case_vals.mean()) if case_vals.size else float("nan"),
+                    "case_std": _std(case_vals) if case_vals.size else float("nan"),
+                    "seed_mean": float(seed_vals.mean()) if seed_vals.size else float("nan"),
+                    "seed_std": _std(seed_vals) if seed_vals.size else float("nan"),
+                }
+            )
+    return out
+
+
+def write_summary(summary: list[dict], path: str | pathlib.Path) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        for r in summary:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+# ----------------------------------------------------------------------------- files and CLI
+
+MASK_EXTS = (".png", ".nii.gz", ".nii", ".npy")
+SOFT_SUFFIX = "_prob"  # `<id>_prob.npy` / `<id>_prob.nii.gz`: the soft map of case <id>
+
+
+def _split_ext(path: pathlib.Path) -> tuple[str, str]:
+    name = path.name
+    for ext in MASK_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)], ext
+    return name, ""
+
+
+def load_array(path: str | pathlib.Path, *, labels: bool) -> np.ndarray:
+    """A mask (`labels=True`: integer label map; 2D PNGs with values {0, 255} become {0, 1}) or a
+    soft map (float) from PNG, NIfTI or .npy. Errors name the file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"not found: {path}")
+    _, ext = _split_ext(path)
+    try:
+        if ext == ".png":
+            from PIL import Image
+
+            arr = np.asarray(Image.open(path))
+            if arr.ndim == 3:
+                if not (arr[..., :3] == arr[..., :1]).all():
+                    raise ValueError("a colour PNG is not a label map")
+                arr = arr[..., 0]
+            if labels and arr.max(initial=0) == 255 and np.isin(arr, (0, 255)).all():
+                arr = arr // 255
+        elif ext in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            arr = np.asarray(nib.load(str(path)).dataobj)
+        elif ext == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            raise ValueError(f"unsupported extension (expected one of {MASK_EXTS})")
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from e
+    if labels:
+        if not np.allclose(arr, np.round(arr)):
+            raise ValueError(f"{path}: a label map must hold integers")
+        return np.round(arr).astype(np.int32)
+    return arr.astype(np.float32)
+
+
+def find_cases(directory: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """`{case_id: mask_path}` for every mask file in a directory (soft maps excluded)."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"directory not found: {directory}")
+    cases = {}
+    for p in sorted(directory.iterdir()):
+        stem, ext = _split_ext(p)
+        if ext and not stem.endswith(SOFT_SUFFIX):
+            if stem in cases:
+                raise ValueError(f"{directory}: case {stem!r} has two mask files")
+            cases[stem] = p
+    if not cases:
+        raise ValueError(f"{directory}: no mask files ({', '.join(MASK_EXTS)})")
+    return cases
+
+
+def _soft_map_path(pred_path: pathlib.Path) -> pathlib.Path | None:
+    stem, _ = _split_ext(pred_path)
+    for ext in (".npy", ".nii.gz", ".nii"):
+        p = pred_path.with_name(stem + SOFT_SUFFIX + ext)
+        if p.is_file():
+            return p
+    return None
+
+
+def evaluate_dirs(
+    pred_dir: str | pathlib.Path,
+    gt_dir: str | pathlib.Path,
+    *,
+    method: str,
+    dataset: str,
+    seed: int | str = 0,
+    classes: Sequence[int] | None = None,
+    class_names: dict[int, str] | None = None,
+) -> list[dict]:
+    """Per-case, per-class rows for every prediction in `pred_dir` against `gt_dir/<id>.*`.
+
+    One file is one case: a 2D image (slice-wise datasets) or a 3D volume (volume-wise ACDC /
+    Synapse). `classes` defaults to the sorted non-zero labels found in the ground truth.
+    """
+    from mzs_jax.progress import Progress
+
+    preds, gts = find_cases(pred_dir), find_cases(gt_dir)
+    missing = sorted(set(preds) - set(gts))
+    if missing:
+        raise FileNotFoundError(f"{gt_dir}: no ground truth for cases {missing[:5]}")
+    gt_arrays = {cid: load_array(gts[cid], labels=True) for cid in preds}
+    if classes is None:
+        classes = sorted({int(v) for a in gt_arrays.values() for v in np.unique(a)} - {0}) or [1]
+    rows, prog = [], Progress(len(preds), f"evaluate {method}", unit="case")
+    for cid, ppath in preds.items():
+        pred = load_array(ppath, labels=True)
+        soft_path = _soft_map_path(ppath)
+        soft = None if soft_path is None else load_array(soft_path, labels=False)
+        try:
+            per_class = multiclass_case_metrics(pred, gt_arrays[cid], classes, soft)
+        except ValueError as e:
+            raise ValueError(f"case {cid} ({ppath} vs {gts[cid]}): {e}") from e
+        rows += make_rows(
+            per_class, method=method, dataset=dataset, seed=seed, case=cid, class_names=class_names
+        )
+        prog.update(1)
+    return rows
+
+
+def parse_classes(spec: str | None) -> tuple[list[int] | None, dict[int, str]]:
+    """`"1,2,3"` or `"1=LV,2=RV,3=MYO"` -> ([1, 2, 3], {1: "LV", ...})."""
+    if not spec:
+        return None, {}
+    ids, names = [], {}
+    for part in spec.split(","):
+        k, _, name = part.partition("=")
+        try:
+            ids.append(int(k))
+        except ValueError as e:
+            raise ValueError(f"--classes: bad class id {k!r} in {spec!r}") from e
+        if name:
+            names[ids[-1]] = name
+    return ids, names
+
+
+def format_ttest(t: TTest, method_a: str, method_b: str, scope: str) -> str:
+    return (
+        f"{scope} {t.metric}: {method_a} {t.mean_a:.4f} vs {method_b} {t.mean_b:.4f} "
+        f"(n={t.n}) t={t.statistic:.3f} p={t.pvalue:.4g}"
+    )
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--pred",
+        type=pathlib.Path,
+        help="predicted masks: <id>.png|.nii.gz|.npy, optional soft maps <id>_prob.npy",
+    )
+    parser.add_argument("--gt", type=pathlib.Path, help="ground-truth label maps <id>.*")
+    parser.add_argument(
+        "--out", type=pathlib.Path, help="per-case CSV (default WORKDIR/metrics.csv)"
+    )
+    parser.add_argument("--append", action="store_true", help="append rows to an existing CSV")
+    parser.add_argument("--method", default="method", help="method name written in the CSV")
+    parser.add_argument("--dataset", default="dataset", help="dataset name written in the CSV")
+    parser.add_argument("--seed", default="0", help="seed / run id written in the CSV")
+    parser.add_argument("--classes", help='"1,2,3" or "1=LV,2=RV,3=MYO" (default: GT labels)')
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="paired t-test of method A vs B on the CSV's shared cases",
+    )
+    parser.add_argument("--report", type=pathlib.Path, help="render a report into this folder")
+
+
+def run(args) -> int:
+    out = args.out or (args.workdir / "metrics.csv" if args.workdir else None)
+    if out is None:
+        raise ValueError("--out (or --workdir) is required")
+    if args.pred is not None or args.gt is not None:
+        if args.pred is None or args.gt is None:
+            raise ValueError("--pred and --gt go together")
+        classes, names = parse_classes(args.classes)
+        rows = evaluate_dirs(
+            args.pred,
+            args.gt,
+            method=args.method,
+            dataset=args.dataset,
+            seed=args.seed,
+            classes=classes,
+            class_names=names,
+        )
+        write_csv(rows, out, append=args.append)
+        print(f"wrote {len(rows)} rows to {out}")
+    rows = with_class_mean(read_csv(out))
+    summary = summarize(rows)
+    summary_path = out.with_name(out.stem + "_summary.csv")
+    write_summary(summary, summary_path)
+    for s in summary:
+        print(
+            f"{s['method']:>16} {s['dataset']:>10} {s['class']:>8} {s['metric']:>4}: "
+            f"cases {s['case_mean']:.4f} ± {s['case_std']:.4f} (n={s['n_cases']}, "
+            f"NaN {s['n_nan']})  seeds {s['seed_mean']:.4f} ± {s['seed_std']:.4f} "
+            f"(n={s['n_seeds']})"
+        )
+    print(f"wrote {summary_path}")
+    if args.compare:
+        a, b = args.compare
+        for d in sorted({r["dataset"] for r in rows}):
+            for k in METRICS:
+                t = paired_ttest(rows, a, b, k, dataset=d, class_=CLASS_MEAN)
+                print(format_ttest(t, a, b, f"[{d}]"))
+    if args.report:
+        from mzs_jax.pipeline import report
+
+        path = report.write_report(out, args.report, title=f"Evaluation of {out.name}")
+        print(f"wrote {path}")
+    return 0
