@@ -1,0 +1,94 @@
+"""Default configs for the training engine (shared by stages 1-3) and for stage 1 CLIP (paper §3.1).
+
+Config files in `configs/` are executed by path, so they import their base from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+
+def train_config() -> ml_collections.ConfigDict:
+    """Engine keys read by `loop.fit`, with their defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 64  # global, over all processes and devices
+    c.num_epochs = 10
+    c.total_steps = -1  # > 0 overrides num_epochs
+    c.grad_accum = 1  # micro-batches per step (scan); batch_size must divide by it
+    c.compute_dtype = "float32"  # or "bfloat16": params cast for the forward, fp32 master copy
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # adamw | sgd
+    c.optimizer.lr = 1e-5
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.98
+    c.optimizer.eps = 1e-6
+    c.optimizer.weight_decay = 0.2  # applied to >= 2-D parameters only
+    c.optimizer.grad_clip_norm = 0.0  # 0 = off
+    c.optimizer.warmup_steps = 0
+    c.optimizer.decay_every_epochs = 1.0  # step decay: lr *= decay_factor every N epochs
+    c.optimizer.decay_factor = 0.5
+
+    # Regex over parameter paths ("visual.blocks.0.attn.qkv.kernel"); matching params get no update.
+    c.freeze = ()
+    # (regex, lo, hi): matching params are clipped after each update.
+    c.clamp = ()
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1: all devices left over
+    c.mesh.fsdp = 1
+    # (regex, spec): spec is "fsdp" (shard the largest dim divisible by the fsdp axis) or a tuple of
+    # mesh axis names / None per dimension. First match wins; unmatched -> replicated.
+    c.sharding_rules = ((".*", "fsdp"),)
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100
+    c.checkpoint.keep = 3
+    c.checkpoint.best_metric = ""  # e.g. "val/i2t_top1"; "" = keep the latest only
+    c.checkpoint.best_mode = "max"
+    c.checkpoint.async_save = True
+
+    c.log_every_steps = 10
+    c.eval_every_epochs = 1
+    c.data = ml_collections.ConfigDict()
+    c.data.num_threads = 2  # grain read threads per process
+    c.data.prefetch = 16
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # "" = from the environment (or single process)
+    c.distributed.num_processes = -1
+    c.distributed.process_id = -1
+    return c
+
+
+def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
+    """Stage 1 defaults (paper): batch 64, 224 px, CLIP normalisation, low lr halved each epoch,
+    temperature 0.07 (logit_scale = ln(1/0.07), clipped at ln 100 like open_clip)."""
+    c = train_config()
+    c.model = "biomedclip"  # mzs_jax.models.clip.model_config(name); "tiny" for tests
+    c.model_overrides = ml_collections.ConfigDict()  # merged into the model config
+    c.init = ""  # "" = random init; a workdir to start from (e.g. made by `mzs import`)
+    c.temperature_init = 0.07
+    c.clamp = (("logit_scale", 0.0, math.log(100.0)),)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = loss  # infonce | dcl | hn_nce | dhn_nce | cehnc
+    c.loss.hparams = ml_collections.ConfigDict()  # e.g. beta1, beta2, adaptive
+    c.loss.block_size = 0  # 0 = the loss's default
+
+    c.data.source = "phantom"  # phantom | captions
+    c.data.path = ""  # dataset root for `captions` / the phantom dir
+    c.data.tokenizer = ""  # path or hub id for load_tokenizer; "" = the dataset's
+    c.data.image_size = 224
+    c.data.val_fraction = 0.15
+    c.data.split_seed = 0
+    c.data.limit = 0  # > 0: use only the first N examples (smoke runs)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch = 50  # ROCO protocol: retrieval in batches of 50
+    c.eval.seeds = 1  # seeds per epoch-end evaluation (eval-retrieval uses 5)
+    c.checkpoint.best_metric = "val/i2t_top1"
+    return c
