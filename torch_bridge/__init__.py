@@ -1,0 +1,1 @@
+"""Everything that imports torch: the open_clip reference model, gScoreCAM/Grad-CAM, SAM."""

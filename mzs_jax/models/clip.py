@@ -1,8 +1,7 @@
 """BiomedCLIP two-tower model in Flax NNX and its configs (MedZeroSeg §3.1, open_clip BiomedCLIP).
 
-`model_config(name)` gives the architecture; `CLIP(cfg, rngs=...)` builds it;
-`load(cfg, sd_or_path)`
-builds it from open_clip weights (see `mzs_jax.convert`).
+`model_config(name)` gives the architecture, `CLIP(cfg, rngs=...)` builds it, and
+`load(cfg, sd_or_path)` builds it from open_clip weights (see `mzs_jax.convert`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""open_clip BiomedCLIP-architecture model built offline: the PyTorch reference (MedZeroSeg §3.1).
+
+Same recipe as `hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224`, but the text tower
+comes from a locally written `BertConfig` and the timm trunk is random-init, so no hub is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+import torch
+from torch import nn
+
+# timm's vit_base_patch16_224 dims; other dims (the tiny config) get a swapped-in trunk.
+_VIT_BASE = dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_dim=3072)
+_VIT_BASE_EPS = 1e-6
+
+
+def open_clip_config(cfg, bert_dir: str) -> dict:
+    """The `open_clip_config.json` of BiomedCLIP, with the text tower pointing at `bert_dir`."""
+    return {
+        "model_cfg": {
+            "embed_dim": cfg.embed_dim,
+            "vision_cfg": {
+                "timm_model_name": "vit_base_patch16_224",
+                "timm_model_pretrained": False,
+                "timm_pool": "",
+                "timm_proj": "linear",
+                "image_size": cfg.vision.image_size,
+            },
+            "text_cfg": {
+                "hf_model_name": bert_dir,
+                "hf_tokenizer_name": bert_dir,
+                "hf_model_pretrained": False,
+                "hf_proj_type": "mlp",
+                "hf_pooler_type": "cls_last_hidden_state_pooler",
+                "context_length": cfg.text.context_length,
+            },
+        },
+        "preprocess_cfg": {
+            "mean": [0.48145466, 0.4578275, 0.40821073],
+            "std": [0.26862954, 0.26130258, 0.27577711],
+        },
+    }
+
+
+def bert_config(cfg):
+    """HF `BertConfig` for the text tower (post-norm BERT, exact GELU)."""
+    from transformers import BertConfig
+
+    t = cfg.text
+    return BertConfig(
+        vocab_size=t.vocab_size,
+        hidden_size=t.width,
+        num_hidden_layers=t.layers,
+        num_attention_heads=t.heads,
+        intermediate_size=t.intermediate,
+        max_position_embeddings=t.max_positions,
+        type_vocab_size=t.type_vocab_size,
+        layer_norm_eps=t.ln_eps,
+        pad_token_id=t.pad_token_id,
+        hidden_act="gelu",
+    )
+
+
+def write_local_dir(cfg, directory: str | os.PathLike) -> pathlib.Path:
+    """Write `open_clip_config.json` and `bert/config.json`: `local-dir:<directory>` then works."""
+    directory = pathlib.Path(directory)
+    bert_dir = directory / "bert"
+    bert_config(cfg).save_pretrained(bert_dir)
+    (directory / "open_clip_config.json").write_text(
+        json.dumps(open_clip_config(cfg, str(bert_dir)), indent=2)
+    )
+    return directory
+
+
+def _model_config(config):
+    return config.model if "vision" not in config and "model" in config else config
+
+
+def build_open_clip(config, weights: str | os.PathLike | None = None) -> nn.Module:
+    """open_clip `CustomTextCLIP` with the BiomedCLIP architecture of `config`, in eval mode.
+
+    `config`: a model config (`mzs_jax.models.clip.model_config`) or a run config with `.model`.
+    `weights`: optional safetensors (or open_clip `.bin`/`.pt`) file, loaded with `strict=True`.
+    """
+    import open_clip
+
+    cfg = _model_config(config)
+    v = cfg.vision
+    if v.ln_eps != _VIT_BASE_EPS:
+        raise ValueError(f"vision.ln_eps must be {_VIT_BASE_EPS} (timm ViT), got {v.ln_eps}")
+    with tempfile.TemporaryDirectory(prefix="mzs_open_clip_") as d:
+        write_local_dir(cfg, d)
+        is_base = all(v[k] == val for k, val in _VIT_BASE.items())
+        if not is_base:  # build the cheapest registered trunk, replaced just below
+            cfg_json = pathlib.Path(d, "open_clip_config.json")
+            oc = json.loads(cfg_json.read_text())
+            oc["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_tiny_patch16_224"
+            cfg_json.write_text(json.dumps(oc))
+        model = open_clip.create_model(
+            "local-dir:" + d, load_weights=False, pretrained_image=False, pretrained_text=False
+        )
+    if not is_base:
+        _swap_trunk(model, cfg)
+    hidden = (cfg.text.width + cfg.embed_dim) // 2
+    if cfg.text.proj_hidden != hidden:  # open_clip derives it; honour an overridden config
+        model.text.proj = nn.Sequential(
+            nn.Linear(cfg.text.width, cfg.text.proj_hidden, bias=False),
+            nn.GELU(),
+            nn.Linear(cfg.text.proj_hidden, cfg.embed_dim, bias=False),
+        )
+    with torch.no_grad():
+        model.logit_scale.fill_(float(cfg.logit_scale_init))
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _swap_trunk(model: nn.Module, cfg) -> None:
+    """timm `vit_base_patch16_224` with custom dims (timm kwargs override the defaults)."""
+    import timm
+
+    v = cfg.vision
+    if v.mlp_dim % v.width:
+        raise ValueError(f"vision.mlp_dim={v.mlp_dim} must be a multiple of width={v.width} (timm)")
+    model.visual.trunk = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=v.image_size,
+        patch_size=v.patch_size,
+        embed_dim=v.width,
+        depth=v.layers,
+        num_heads=v.heads,
+        mlp_ratio=v.mlp_dim / v.width,
+    )
+    model.visual.head.proj = nn.Linear(v.width, cfg.embed_dim, bias=False)
+    model.visual.image_size = (v.image_size, v.image_size)
+
+
+def load_weights(model: nn.Module, weights: str | os.PathLike) -> None:
+    """Load a weights file into `model` with `strict=True` (weights-only: no pickle code runs)."""
+    from mzs_jax.convert import STALE_KEYS, load_state_dict_file
+
+    sd = load_state_dict_file(weights)
+    own = model.state_dict()
+    sd = {k: v for k, v in sd.items() if not (k in STALE_KEYS and k not in own)}
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+
+
+def numpy_state_dict(model: nn.Module) -> dict[str, np.ndarray]:
+    """`model.state_dict()` as float32 numpy arrays (what `mzs_jax.convert` consumes)."""
+    return {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
