@@ -363,7 +363,8 @@ def ct_sample(rng: np.random.Generator, size: int = 64) -> dict:
     t = float(les["z"] + rng.uniform(-0.3, 0.3) * les["r"]) if les else float(rng.uniform(0.1, 0.8))
     hu, mask = ct_slice(p, t, rng)
     lesion = mask == CT_LESION_LABEL
-    organs = [n for n, v in SYNAPSE_LABELS.items() if (mask == v).any()]
+    areas = {n: int((mask == v).sum()) for n, v in SYNAPSE_LABELS.items()}
+    organs = sorted((n for n in areas if areas[n]), key=lambda n: -areas[n])  # largest first
     lobe = "right" if lesion.any() and np.nonzero(lesion)[1].mean() < 0.3 * size else "left"
     lesion_size = size_word(lesion.mean(), 0.004, 0.012) if lesion.any() else None
     structures = _present(mask, SYNAPSE_LABELS)
