@@ -99,13 +99,12 @@ def init_state(task: Task, config: ml_collections.ConfigDict, mesh, spe: int):
     o_shard = tree_shardings(abs_opt, rules, mesh)
     opt = jax.jit(tx.init, out_shardings=o_shard)(params)
     rep = replicated(mesh)
-    state = {
-        "params": params,
-        "rest": rest,
-        "opt": opt,
-        "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
-        "rng": jax.device_put(jax.random.key(config.seed + 1), rep),
-    }
+    # Created inside jit so that multi-host runs get global (not host-local) arrays.
+    step, rng = jax.jit(
+        lambda: (jnp.zeros((), jnp.int32), jax.random.key(config.seed + 1)),
+        out_shardings=(rep, rep),
+    )()
+    state = {"params": params, "rest": rest, "opt": opt, "step": step, "rng": rng}
     return graphdef, tx, state
 
 

@@ -146,7 +146,7 @@ def make_train_step(
         updates, opt = tx.update(grads, state["opt"], state["params"])
         params = _clamp(optax.apply_updates(state["params"], updates), clamp_rules)
         metrics = jax.tree.map(jnp.mean, metrics)
-        metrics = {**metrics, "loss": jnp.mean(losses), "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": jnp.mean(losses), "grad_norm": optax.tree.norm(grads)}
         new = {"params": params, "rest": rest, "opt": opt, "step": state["step"] + 1, "rng": rng}
         return new, metrics
 
