@@ -15,10 +15,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-ADAPTIVE_RULES = ("inverse_std", "inverse_mean")
-# Offset that centres unit-sphere distances near their typical value (orthogonal pairs, d = √2);
-# used only to keep the running sum of squares well conditioned in float32.
-_DIST_CENTRE = math.sqrt(2.0)
+ADAPTIVE_RULES = ("inverse_std", "inverse_sim_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,29 +108,26 @@ def row_loss(z_pos: Array, l1: Array, l2: Array | None, n_neg: int, spec: LossSp
     return neg - z_pos
 
 
-def adaptive_beta(beta: float, mean_d: Array, std_d: Array, spec: LossSpec) -> Array:
-    """β_eff from the batch's anchor–negative distance statistics (stop-gradient).
+def adaptive_beta(beta: float, mean_s: Array, std_s: Array, spec: LossSpec) -> Array:
+    """β_eff from the batch's anchor–negative similarity statistics (stop-gradient).
 
-    inverse_std: β/(σ_d + eps), so β counts hardness in standard deviations of the batch
-    (a negative one σ closer than another weighs e^β more). inverse_mean: β/(mean_d + eps).
+    inverse_std: β·d̄/(σ_s + eps) with d̄ = sqrt(2 - 2 μ_s): β divided by the std of the
+    anchor–negative distances to first order (δd ≈ -δs/d̄), so β counts hardness in standard
+    deviations of the batch (a negative one σ_d closer than another weighs e^β more).
+    inverse_sim_std: β/(σ_s + eps).
     """
     if not spec.adaptive:
-        return jnp.asarray(beta, mean_d.dtype)
-    scale = std_d if spec.adaptive_rule == "inverse_std" else mean_d
-    return jax.lax.stop_gradient(beta / (scale + spec.adaptive_eps))
+        return jnp.asarray(beta, mean_s.dtype)
+    scale = std_s + spec.adaptive_eps
+    if spec.adaptive_rule == "inverse_std":
+        scale = scale / jnp.sqrt(jnp.maximum(2.0 - 2.0 * mean_s, 0.0) + spec.dist_eps)
+    return jax.lax.stop_gradient(beta / scale)
 
 
-def moments_from_sums(n: int | Array, s1: Array, s2: Array) -> tuple[Array, Array]:
-    """Mean and std of distances from the sums of (d - √2) and (d - √2)²."""
+def moments_from_sums(n: int, s1: Array, s2: Array) -> tuple[Array, Array]:
+    """Mean and std of n anchor–negative similarities from their sum s1 and sum of squares s2."""
     m = s1 / n
-    var = jnp.maximum(s2 / n - m * m, 0.0)
-    return m + _DIST_CENTRE, jnp.sqrt(var)
-
-
-def distance_sums(s: Array, valid: Array, eps: float) -> tuple[Array, Array]:
-    """Sums of (d - √2) and (d - √2)² over the valid (anchor, negative) entries of `s`."""
-    dc = jnp.where(valid, distance(s, eps) - _DIST_CENTRE, 0.0)
-    return jnp.sum(dc), jnp.sum(dc * dc)
+    return m, jnp.sqrt(jnp.maximum(s2 / n - m * m, 0.0))
 
 
 # --------------------------------------------------------------------------- dense form
@@ -153,10 +147,10 @@ def dense_loss(img: Array, txt: Array, temperature: Array | float, spec: LossSpe
     off = ~jnp.eye(b, dtype=bool)
     beta1, beta2 = spec.beta_i2t, spec.beta_t2i
     if spec.weighting == "distance" and spec.adaptive:
-        s1, s2 = distance_sums(jax.lax.stop_gradient(s), off, spec.dist_eps)
-        mean_d, std_d = moments_from_sums(b * (b - 1), s1, s2)
-        beta1 = adaptive_beta(beta1, mean_d, std_d, spec)
-        beta2 = adaptive_beta(beta2, mean_d, std_d, spec)
+        s_off = jnp.where(off, jax.lax.stop_gradient(s), 0.0)
+        mean_s, std_s = moments_from_sums(b * (b - 1), jnp.sum(s_off), jnp.sum(s_off**2))
+        beta1 = adaptive_beta(beta1, mean_s, std_s, spec)
+        beta2 = adaptive_beta(beta2, mean_s, std_s, spec)
     total = 0.0
     for mat, beta in ((s, beta1), (s.T, beta2)):
         x1, x2 = negative_logits(mat, tau, spec, beta)
@@ -214,9 +208,10 @@ def cehnc(
       w_ij = (B-1) e^{-β1 d_ij} / Σ_{k≠i} e^{-β1 d_ik}           (mean 1; β=0 → uniform)
       loss_i = -log(e^{z_ii} / (e^{z_ii} + Σ_{j≠i} w_ij e^{z_ij}))
     text→image: the same on sᵀ with β2; the two directions are averaged. The weights are
-    importance weights (stop-gradient). With `adaptive`, β_k is replaced every batch by
-    β_k / (σ_d + eps) ("inverse_std", σ_d the std of all anchor–negative distances of the batch)
-    or β_k / (mean_d + eps) ("inverse_mean"), computed under stop-gradient.
+    importance weights (stop-gradient). With `adaptive`, β_k is replaced every batch (under
+    stop-gradient) from the mean μ_s and std σ_s of all anchor–negative similarities s_ij, i≠j:
+    "inverse_std": β_k·sqrt(2 - 2μ_s)/(σ_s + eps) (= β_k/σ_d to first order, σ_d the std of the
+    distances), or "inverse_sim_std": β_k/(σ_s + eps).
     """
     spec = LossSpec("cehnc", True, "distance", beta1, beta2, adaptive, adaptive_rule, adaptive_eps)
     return dense_loss(img, txt, temperature, spec)
