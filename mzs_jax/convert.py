@@ -171,6 +171,22 @@ def to_open_clip(model: clip_lib.CLIP) -> dict[str, np.ndarray]:
     return out
 
 
+def random_state_dict(config, seed: int = 0) -> dict[str, np.ndarray]:
+    """open_clip-keyed float32 N(0, 0.02) tensors shaped for `config` (tests, benches; no torch).
+
+    Built from shapes only (no Flax initialisation), so it is fast even for the full-size model.
+    """
+    cfg = _model_config(config)
+    params = flax_params(nnx.eval_shape(lambda: clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, path, kind in expand_mapping(cfg.vision.layers, cfg.text.layers):
+        shape = _TO_TORCH[kind](np.empty(params[path].get_value().shape, np.uint8)).shape
+        out[key] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+    out["logit_scale"] = np.asarray(cfg.logit_scale_init, np.float32)
+    return out
+
+
 def count_params(model: nnx.Module, *, exclude_context: bool = True) -> int:
     """Number of scalar parameters (the metadata context encoder excluded by default)."""
     return sum(

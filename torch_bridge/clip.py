@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-# timm's vit_base_patch16_224 dims; other dims (the tiny config) get a swapped-in trunk.
+# timm's vit_base_patch16_224 dims; other dims (the tiny config) get their own timm entry.
 _VIT_BASE = dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_dim=3072)
 _VIT_BASE_EPS = 1e-6
 
@@ -26,7 +26,7 @@ def open_clip_config(cfg, bert_dir: str) -> dict:
         "model_cfg": {
             "embed_dim": cfg.embed_dim,
             "vision_cfg": {
-                "timm_model_name": "vit_base_patch16_224",
+                "timm_model_name": timm_model_name(cfg),
                 "timm_model_pretrained": False,
                 "timm_pool": "",
                 "timm_proj": "linear",
@@ -91,22 +91,15 @@ def build_open_clip(config, weights: str | os.PathLike | None = None) -> nn.Modu
     import open_clip
 
     cfg = _model_config(config)
-    v = cfg.vision
-    if v.ln_eps != _VIT_BASE_EPS:
-        raise ValueError(f"vision.ln_eps must be {_VIT_BASE_EPS} (timm ViT), got {v.ln_eps}")
+    if cfg.vision.ln_eps != _VIT_BASE_EPS:
+        raise ValueError(
+            f"vision.ln_eps must be {_VIT_BASE_EPS} (timm ViT), got {cfg.vision.ln_eps}"
+        )
     with tempfile.TemporaryDirectory(prefix="mzs_open_clip_") as d:
         write_local_dir(cfg, d)
-        is_base = all(v[k] == val for k, val in _VIT_BASE.items())
-        if not is_base:  # build the cheapest registered trunk, replaced just below
-            cfg_json = pathlib.Path(d, "open_clip_config.json")
-            oc = json.loads(cfg_json.read_text())
-            oc["model_cfg"]["vision_cfg"]["timm_model_name"] = "vit_tiny_patch16_224"
-            cfg_json.write_text(json.dumps(oc))
         model = open_clip.create_model(
             "local-dir:" + d, load_weights=False, pretrained_image=False, pretrained_text=False
         )
-    if not is_base:
-        _swap_trunk(model, cfg)
     hidden = (cfg.text.width + cfg.embed_dim) // 2
     if cfg.text.proj_hidden != hidden:  # open_clip derives it; honour an overridden config
         model.text.proj = nn.Sequential(
@@ -121,26 +114,34 @@ def build_open_clip(config, weights: str | os.PathLike | None = None) -> nn.Modu
     return model.eval()
 
 
-def _swap_trunk(model: nn.Module, cfg) -> None:
-    """timm `vit_base_patch16_224` with custom dims (timm kwargs override the defaults)."""
+def timm_model_name(cfg) -> str:
+    """`vit_base_patch16_224`, or a registered variant of it with the config's ViT dims.
+
+    open_clip's `TimmModel` passes no architecture kwargs to timm, so other dims (the tiny config)
+    get their own timm entry point: `vit_base_patch16_224` with its defaults overridden, which
+    keeps timm's module and parameter names.
+    """
     import timm
+    from timm.models import register_model
 
     v = cfg.vision
+    if all(v[k] == val for k, val in _VIT_BASE.items()):
+        return "vit_base_patch16_224"
     if v.mlp_dim % v.width:
         raise ValueError(f"vision.mlp_dim={v.mlp_dim} must be a multiple of width={v.width} (timm)")
-    model.visual.trunk = timm.create_model(
-        "vit_base_patch16_224",
-        pretrained=False,
-        num_classes=0,
-        img_size=v.image_size,
-        patch_size=v.patch_size,
-        embed_dim=v.width,
-        depth=v.layers,
-        num_heads=v.heads,
-        mlp_ratio=v.mlp_dim / v.width,
-    )
-    model.visual.head.proj = nn.Linear(v.width, cfg.embed_dim, bias=False)
-    model.visual.image_size = (v.image_size, v.image_size)
+    name = f"mzs_vit_i{v.image_size}_p{v.patch_size}_w{v.width}_d{v.layers}_h{v.heads}_m{v.mlp_dim}"
+    if not timm.is_model(name):
+        dims = dict(img_size=v.image_size, patch_size=v.patch_size, embed_dim=v.width,
+                    depth=v.layers, num_heads=v.heads, mlp_ratio=v.mlp_dim / v.width)  # fmt: skip
+
+        def entry(pretrained: bool = False, **kwargs):
+            from timm.models.vision_transformer import vit_base_patch16_224
+
+            return vit_base_patch16_224(pretrained=False, **dict(kwargs, **dims))
+
+        entry.__name__ = entry.__qualname__ = name
+        register_model(entry)
+    return name
 
 
 def load_weights(model: nn.Module, weights: str | os.PathLike) -> None:
