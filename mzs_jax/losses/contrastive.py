@@ -64,7 +64,7 @@ class LossSpec:
 # --------------------------------------------------------------------------- shared pieces
 def acc_dtype(x: Array) -> jnp.dtype:
     """Accumulation dtype: float32 for bf16/f16/f32 inputs, float64 for float64 inputs."""
-    return jnp.promote_types(x.dtype, jnp.float32)
+    return jax.dtypes.canonicalize_dtype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def similarity(a: Array, b: Array) -> Array:
@@ -126,8 +126,8 @@ def adaptive_beta(beta: float, mean_s: Array, std_s: Array, spec: LossSpec) -> A
 
 def moments_from_sums(n: int, s1: Array, s2: Array) -> tuple[Array, Array]:
     """Mean and std of n anchor–negative similarities from their sum s1 and sum of squares s2."""
-    m = s1 / n
-    return m, jnp.sqrt(jnp.maximum(s2 / n - m * m, 0.0))
+    m = s1 / float(n)  # float: B(B-1) overflows int32 at B = 65,536
+    return m, jnp.sqrt(jnp.maximum(s2 / float(n) - m * m, 0.0))
 
 
 # --------------------------------------------------------------------------- dense form
