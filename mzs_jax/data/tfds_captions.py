@@ -24,13 +24,13 @@ def _to_example(item: dict) -> dict:
 
 class MzsCaptions(tfds.core.GeneratorBasedBuilder):
     """Caption pairs from a ROCO-layout folder (`source_dir`), cleaned and split 85/15 by
-    `captions.RocoCaptions`; images stored as raw uint8 tensors, metadata as strings ('' when missing)."""
+    `captions.RocoCaptions`; images as zlib-encoded uint8 tensors, metadata as strings ('' when
+    missing)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "ROCO-layout captions with metadata columns."}
 
-    def __init__(self, *, source_dir: str | pathlib.Path, image_size: int | None = None,
-                 **kwargs):
+    def __init__(self, *, source_dir: str | pathlib.Path, image_size: int | None = None, **kwargs):
         self._source_dir = pathlib.Path(source_dir)
         self._image_size = image_size
         kwargs.setdefault("file_format", "array_record")
@@ -38,13 +38,17 @@ class MzsCaptions(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                # Tensor, not Image: Image encoding (PNG) needs TensorFlow, Tensor does not.
-                "image": tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8, encoding="zlib"),
-                "caption": tfds.features.Text(),
-                "id": tfds.features.Text(),
-                **{k: tfds.features.Text() for k in METADATA_KEYS},
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    # Tensor, not Image: Image encoding (PNG) needs TensorFlow, Tensor does not.
+                    "image": tfds.features.Tensor(
+                        shape=(None, None, 3), dtype=np.uint8, encoding="zlib"
+                    ),
+                    "caption": tfds.features.Text(),
+                    "id": tfds.features.Text(),
+                    **{k: tfds.features.Text() for k in METADATA_KEYS},
+                }
+            ),
             description="Medical image-caption pairs (ROCO layout), cleaned as in MedZeroSeg.",
         )
 
@@ -58,8 +62,9 @@ class MzsCaptions(tfds.core.GeneratorBasedBuilder):
             yield item["id"], _to_example(item)
 
 
-def build_caption_tfds(source_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
-                       image_size: int | None = None) -> MzsCaptions:
+def build_caption_tfds(
+    source_dir: str | pathlib.Path, data_dir: str | pathlib.Path, image_size: int | None = None
+) -> MzsCaptions:
     """Prepare the ArrayRecord dataset under `data_dir`; returns the builder
     (`builder.as_data_source(split)` gives a grain random-access source)."""
     builder = MzsCaptions(source_dir=source_dir, image_size=image_size, data_dir=str(data_dir))
