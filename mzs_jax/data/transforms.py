@@ -135,3 +135,7 @@ class ToClipInput(grain.transforms.Map):
         if element.get("mask") is not None:
             out["mask"] = resize_mask(element["mask"], self.size)
         return out
+
+
+# The name docs/interfaces.md gives for image resizing.
+resize = resize_image
