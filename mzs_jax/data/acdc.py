@@ -64,8 +64,15 @@ def patient_volumes(folder: pathlib.Path) -> list[AcdcVolume]:
     out = []
     for phase in ("ED", "ES"):
         stem = folder / f"{folder.name}_frame{int(info[phase]):02d}"
-        out.append(AcdcVolume(folder.name, phase, pathlib.Path(f"{stem}.nii.gz"),
-                              pathlib.Path(f"{stem}_gt.nii.gz"), info.get("Group", "")))
+        out.append(
+            AcdcVolume(
+                folder.name,
+                phase,
+                pathlib.Path(f"{stem}.nii.gz"),
+                pathlib.Path(f"{stem}_gt.nii.gz"),
+                info.get("Group", ""),
+            )
+        )
     return out
 
 
@@ -91,23 +98,42 @@ class AcdcSlices(RecordSource):
     `target_spacing=None` keeps the native grid. `split` in train/val/all over patients.
     """
 
-    def __init__(self, root: str | pathlib.Path, split: str = "train", *, seed: int = 0,
-                 val_fraction: float = VAL_FRACTION, phases: tuple[str, ...] = ("ED", "ES"),
-                 target_spacing: float | None = 1.0, skip_bad: bool = False, cache: int = 4):
+    def __init__(
+        self,
+        root: str | pathlib.Path,
+        split: str = "train",
+        *,
+        seed: int = 0,
+        val_fraction: float = VAL_FRACTION,
+        phases: tuple[str, ...] = ("ED", "ES"),
+        target_spacing: float | None = 1.0,
+        skip_bad: bool = False,
+        cache: int = 4,
+    ):
         super().__init__()
         self.target_spacing = target_spacing
         self._cache: collections.OrderedDict = collections.OrderedDict()
         self._cache_size = cache
         patients = find_patients(pathlib.Path(root))
         chosen = [patients[i] for i in split_indices(len(patients), val_fraction, seed, split)]
-        ok_patients = check_items(chosen, patient_volumes, lambda p: str(p / "Info.cfg"),
-                                  skip_bad=skip_bad, skipped=self.skipped)
+        ok_patients = check_items(
+            chosen,
+            patient_volumes,
+            lambda p: str(p / "Info.cfg"),
+            skip_bad=skip_bad,
+            skipped=self.skipped,
+        )
         vols = [v for p in ok_patients for v in patient_volumes(p) if v.phase in phases]
-        self.volumes = check_items(vols, load_pair if skip_bad else self._check_headers,
-                                   lambda v: str(v.image), skip_bad=skip_bad,
-                                   skipped=self.skipped)
-        self._records = [(k, z) for k, v in enumerate(self.volumes)
-                         for z in range(self.grid_shape(v)[2])]
+        self.volumes = check_items(
+            vols,
+            load_pair if skip_bad else self._check_headers,
+            lambda v: str(v.image),
+            skip_bad=skip_bad,
+            skipped=self.skipped,
+        )
+        self._records = [
+            (k, z) for k, v in enumerate(self.volumes) for z in range(self.grid_shape(v)[2])
+        ]
 
     @staticmethod
     def _check_headers(v: AcdcVolume) -> None:
@@ -140,15 +166,22 @@ class AcdcSlices(RecordSource):
         k, z = record
         image, label = self.volume(k)
         v = self.volumes[k]
-        return {"image": image[:, :, z, None], "mask": label[:, :, z],
-                "id": f"{v.patient}_{v.phase}_z{z:03d}", "patient": v.patient, "phase": v.phase,
-                "group": v.group, "slice": z}
+        return {
+            "image": image[:, :, z, None],
+            "mask": label[:, :, z],
+            "id": f"{v.patient}_{v.phase}_z{z:03d}",
+            "patient": v.patient,
+            "phase": v.phase,
+            "group": v.group,
+            "slice": z,
+        }
 
     def _path(self, record: tuple[int, int]) -> str:
         return str(self.volumes[record[0]].image)
 
-    def write_prediction(self, k: int, prediction: np.ndarray,
-                         out_path: str | pathlib.Path) -> pathlib.Path:
+    def write_prediction(
+        self, k: int, prediction: np.ndarray, out_path: str | pathlib.Path
+    ) -> pathlib.Path:
         """Write a label volume predicted on this source's grid back in the original geometry
         and affine of `self.volumes[k]` (NIfTI)."""
         return write_prediction(prediction, self.volumes[k].image, out_path)

@@ -65,8 +65,15 @@ class CovidQuEx(RecordSource):
     "label"}` (+ `"lung_mask"` for `task="infection"`, whose `mask` is the infection mask).
     When every image of the official release is present, the split sizes must match it."""
 
-    def __init__(self, root: str | pathlib.Path, split: str = "Train", *, task: str = "lung",
-                 classes: tuple[str, ...] = CLASSES, skip_bad: bool = False):
+    def __init__(
+        self,
+        root: str | pathlib.Path,
+        split: str = "Train",
+        *,
+        task: str = "lung",
+        classes: tuple[str, ...] = CLASSES,
+        skip_bad: bool = False,
+    ):
         super().__init__()
         self.task, self.split = task, _split_name(split)
         base = task_root(pathlib.Path(root), task)
@@ -81,9 +88,13 @@ class CovidQuEx(RecordSource):
             for img in sorted((folder / "images").glob("*.png")):
                 inf = folder / "infection masks" / img.name if task == "infection" else None
                 records.append(CovidRecord(img, folder / "lung masks" / img.name, inf, cls))
-        self._records = check_items(records, self._load if skip_bad else self._check_exists,
-                                    lambda r: str(r.image), skip_bad=skip_bad,
-                                    skipped=self.skipped)
+        self._records = check_items(
+            records,
+            self._load if skip_bad else self._check_exists,
+            lambda r: str(r.image),
+            skip_bad=skip_bad,
+            skipped=self.skipped,
+        )
 
     @staticmethod
     def _check_exists(r: CovidRecord) -> None:
@@ -96,8 +107,11 @@ class CovidQuEx(RecordSource):
         if image.ndim == 3:
             image = image[..., :1]  # the PNGs are grey; RGB copies keep one channel
         lung = read_mask(r.lung, image.shape[:2])
-        out = {"image": image.reshape(*image.shape[:2], 1), "id": f"{r.label}/{r.image.stem}",
-               "label": r.label}
+        out = {
+            "image": image.reshape(*image.shape[:2], 1),
+            "id": f"{r.label}/{r.image.stem}",
+            "label": r.label,
+        }
         if r.infection is None:
             out["mask"] = lung
         else:

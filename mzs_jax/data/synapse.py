@@ -13,8 +13,16 @@ import numpy as np
 from mzs_jax.data.sources import RecordSource, bad, check_items
 
 # The 8 organs of the TransUNet Synapse protocol and their label ids.
-SYNAPSE_LABELS = {"aorta": 1, "gallbladder": 2, "left kidney": 3, "right kidney": 4, "liver": 5,
-                  "pancreas": 6, "spleen": 7, "stomach": 8}
+SYNAPSE_LABELS = {
+    "aorta": 1,
+    "gallbladder": 2,
+    "left kidney": 3,
+    "right kidney": 4,
+    "liver": 5,
+    "pancreas": 6,
+    "spleen": 7,
+    "stomach": 8,
+}
 OFFICIAL_SPLIT = (18, 12)  # train / test cases
 _SLICE = re.compile(r"^(case\d+)_slice(\d+)$")
 
@@ -75,8 +83,7 @@ class SynapseSlices(RecordSource):
     "case", "slice"}`: `split="train"` reads `train_npz`, `split="test"` the slices of the
     `test_vol_h5` volumes (whole volumes: `load_h5_volume`)."""
 
-    def __init__(self, root: str | pathlib.Path, split: str = "train", *,
-                 skip_bad: bool = False):
+    def __init__(self, root: str | pathlib.Path, split: str = "train", *, skip_bad: bool = False):
         super().__init__()
         self.root = pathlib.Path(root)
         if split not in ("train", "test"):
@@ -93,8 +100,13 @@ class SynapseSlices(RecordSource):
             self.files = check_items(train, check, str, skip_bad=skip_bad, skipped=self.skipped)
             self._records = [(k, 0) for k in range(len(self.files))]
         else:
-            self.files = check_items(test, load_h5_volume if skip_bad else _h5_depth, str,
-                                     skip_bad=skip_bad, skipped=self.skipped)
+            self.files = check_items(
+                test,
+                load_h5_volume if skip_bad else _h5_depth,
+                str,
+                skip_bad=skip_bad,
+                skipped=self.skipped,
+            )
             self._records = [(k, z) for k, p in enumerate(self.files) for z in range(_h5_depth(p))]
         self._volume_cache: tuple[int, tuple] | None = None
 
@@ -117,8 +129,13 @@ class SynapseSlices(RecordSource):
                 self._volume_cache = (k, load_h5_volume(path))
             image, label = self._volume_cache[1][0][z], self._volume_cache[1][1][z]
         case = self._case(path)
-        return {"image": image[..., None], "mask": label, "id": f"{case}_slice{z:03d}",
-                "case": case, "slice": z}
+        return {
+            "image": image[..., None],
+            "mask": label,
+            "id": f"{case}_slice{z:03d}",
+            "case": case,
+            "slice": z,
+        }
 
     def _path(self, record: tuple[int, int]) -> str:
         return str(self.files[record[0]])
