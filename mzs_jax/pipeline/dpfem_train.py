@@ -31,7 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_epochs = 20
     c.optimizer.lr = 1e-3
     c.optimizer.weight_decay = 1e-4
-    c.optimizer.decay_every_epochs = 1e9  # constant lr
+    c.optimizer.decay_factor = 1.0  # constant lr
     c.checkpoint.every_steps = 50
     c.checkpoint.async_save = False
     c.log_every_steps = 10
