@@ -1,0 +1,284 @@
+"""Stage 3 (paper "Weakly-supervised segmentation"): ResUNet trained on zero-shot pseudo-masks.
+
+`mzs train-weak --config configs/weak_<dataset>.py --workdir W`: cross-entropy, Adam lr 1e-4 with
+step decay, paired rotation/flip/scale augmentation, all through the one engine
+(`mzs_jax.train.loop.fit`: sharded jit steps, Orbax checkpoints, exact resume, grain input).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from mzs_jax.data.transforms import PairedAugment, resize_image, resize_mask
+from mzs_jax.models import resunet
+from mzs_jax.pipeline.evaluate import find_cases, load_array
+from mzs_jax.pipeline.metrics import dice, nanmean
+
+
+def load_image(path: pathlib.Path, in_channels: int) -> np.ndarray:
+    """An image file as float32 `(H, W, C)` in [0, 1] (uint8 PNGs divided by 255)."""
+    arr = load_array(path, labels=False)
+    if path.suffix == ".png":
+        arr = arr / 255.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{path}: image shape {arr.shape} is not (H, W[, C])")
+    arr = arr[..., :3]
+    if arr.shape[-1] != in_channels:
+        arr = arr.mean(-1, keepdims=True) if in_channels == 1 else np.repeat(arr, 3, -1)
+    return arr.astype(np.float32)
+
+
+class SegmentationFolder:
+    """grain random-access source over `images/<id>.*` with label maps `masks/<id>.*` (the
+    pseudo-masks written by `mzs segment`, or ground truth). Yields `{"image": (S, S, C) f32,
+    "mask": (S, S) int32}` resized to `size`; `ids` selects and orders the cases."""
+
+    def __init__(self, images_dir, masks_dir, *, size: int, in_channels: int, ids=None):
+        self.images, self.masks = find_cases(images_dir), find_cases(masks_dir)
+        self.ids = sorted(self.masks) if ids is None else list(ids)
+        missing = [i for i in self.ids if i not in self.images or i not in self.masks]
+        if missing:
+            raise FileNotFoundError(
+                f"{images_dir} / {masks_dir}: no image or mask for cases {missing[:5]}"
+            )
+        self.size, self.in_channels = int(size), int(in_channels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict:
+        cid = self.ids[index]
+        image = load_image(self.images[cid], self.in_channels)
+        mask = load_array(self.masks[cid], labels=True)
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"{self.masks[cid]}: mask {mask.shape} vs image {image.shape[:2]}")
+        return {
+            "image": resize_image(image, self.size).reshape(self.size, self.size, -1),
+            "mask": resize_mask(mask, self.size).astype(np.int32),
+        }
+
+
+def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic held-out split: (train, val)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"config.data.val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_val = int(round(val_fraction * len(ids)))
+    val = sorted(ids[i] for i in order[:n_val])
+    return sorted(set(ids) - set(val)), val
+
+
+@nnx.jit
+def _probs(model: resunet.ResUNet, images: jax.Array) -> jax.Array:
+    return jax.nn.softmax(model(images), axis=-1)
+
+
+def predict(model: resunet.ResUNet, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Class probabilities `(N, S, S, num_classes)` of images `(N, S, S, C)`."""
+    out = [
+        np.asarray(_probs(model, jnp.asarray(images[i : i + batch_size])))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out)
+
+
+def mean_dice(probs: np.ndarray, masks: np.ndarray, classes) -> float:
+    """Mean over cases and foreground classes of Dice(argmax, mask); absent-in-both skipped."""
+    pred = probs.argmax(-1)
+    vals = [
+        dice(p == c, m == c) if ((p == c).any() or (m == c).any()) else float("nan")
+        for p, m in zip(pred, masks, strict=True)
+        for c in classes
+    ]
+    return nanmean(vals)
+
+
+class WeakTask:
+    """`loop.Task` for the ResUNet: cross-entropy on pseudo-masks, per-epoch validation Dice."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        d = config.data
+        self.model_config = resunet.model_config(
+            config.model.name,
+            in_channels=d.in_channels,
+            num_classes=d.num_classes,
+            image_size=d.image_size,
+            **config.model.overrides.to_dict(),
+        )
+        all_ids = sorted(find_cases(d.pseudo_masks))
+        self.train_ids, held_out = split_ids(all_ids, float(d.val_fraction), int(d.split_seed))
+        kw = dict(size=d.image_size, in_channels=d.in_channels)
+        self.train_source = SegmentationFolder(d.images, d.pseudo_masks, ids=self.train_ids, **kw)
+        # Validation against ground truth when present, else against held-out pseudo-masks.
+        if d.gt_masks:
+            gt_ids = sorted(set(find_cases(d.gt_masks)) & set(find_cases(d.val_images or d.images)))
+            self.val_target = "gt"
+            val = SegmentationFolder(d.val_images or d.images, d.gt_masks, ids=gt_ids, **kw)
+        else:
+            self.val_target = "pseudo"
+            val = (
+                SegmentationFolder(d.images, d.pseudo_masks, ids=held_out, **kw)
+                if held_out
+                else None
+            )
+        self.val_source_ids = [] if val is None else list(val.ids)
+        self.val = None if val is None or not len(val) else [val[i] for i in range(len(val))]
+        self.augment = PairedAugment(
+            max_rotation_deg=d.augment.max_rotation_deg,
+            scale_range=tuple(d.augment.scale_range),
+            flip_prob=d.augment.flip_prob,
+        )
+        self.seed = int(config.seed)
+        self.classes = list(range(1, int(d.num_classes)))
+
+    def build_model(self, rngs: nnx.Rngs) -> resunet.ResUNet:
+        return resunet.ResUNet(self.model_config, rngs=rngs)
+
+    def loss_fn(self, model, batch, rng):
+        del rng  # no dropout; augmentation is on the host (grain random_map)
+        logits = model(batch["image"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["mask"]).mean()
+        acc = (logits.argmax(-1) == batch["mask"]).mean()
+        return loss, {"pixel_acc": acc}
+
+    def train_dataset(self, config) -> grain.MapDataset:
+        # random_map sees the engine's epoch-offset index, so each epoch draws new augmentations.
+        return grain.MapDataset.source(self.train_source).random_map(self.augment, seed=self.seed)
+
+    def evaluate(self, model, epoch: int) -> dict[str, float]:
+        if self.val is None:
+            return {}
+        images = np.stack([e["image"] for e in self.val])
+        masks = np.stack([e["mask"] for e in self.val])
+        return {
+            "val/dice": mean_dice(predict(model, images), masks, self.classes),
+            "val/against_gt": float(self.val_target == "gt"),
+        }
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Train per `config` (configs/weak_*.py) into `workdir`; resumes if checkpoints exist."""
+    from mzs_jax.train.loop import fit
+
+    return fit(WeakTask(config), config, workdir, name="train-weak")
+
+
+def best_step(workdir, metric: str = "val/dice") -> int | None:
+    """Checkpointed step with the highest `metric` in `workdir/metrics.jsonl` (None if no eval)."""
+    import json
+
+    from mzs_jax.train.checkpoint import CKPT_DIR
+
+    log = pathlib.Path(workdir) / "metrics.jsonl"
+    ckpt_dir = pathlib.Path(workdir) / CKPT_DIR
+    saved = (
+        {int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()}
+        if ckpt_dir.is_dir()
+        else set()
+    )
+    scores = {}
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            rec = json.loads(line)
+            if metric in rec and rec["step"] in saved:
+                scores[rec["step"]] = rec[metric]
+    return max(scores, key=lambda k: (scores[k], k)) if scores else None
+
+
+def predict_folder(workdir, images_dir, out_dir) -> list[pathlib.Path]:
+    """Masks `<id>.png` and soft maps `<id>_prob.npy` (`(C, H, W)`, original size) for every image,
+    from the best-validation checkpoint in `workdir` (else the latest) — input of `mzs evaluate`."""
+    from PIL import Image
+
+    from mzs_jax.train.checkpoint import restore_model
+
+    step = best_step(workdir)
+    model, cfg = restore_model(workdir, step=step)
+    if not isinstance(model, resunet.ResUNet):
+        raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = int(cfg.image_size)
+    written = []
+    for cid, path in find_cases(images_dir).items():
+        image = load_image(path, cfg.in_channels)
+        x = resize_image(image, size).reshape(1, size, size, -1)
+        p = predict(model, x)[0]
+        h, w = image.shape[:2]
+        p = np.stack([resize_image(p[..., c], (h, w)) for c in range(p.shape[-1])])
+        p = p / p.sum(0, keepdims=True)
+        Image.fromarray(p.argmax(0).astype(np.uint8)).save(out_dir / f"{cid}.png")
+        np.save(out_dir / f"{cid}_prob.npy", p.astype(np.float32))
+        written.append(out_dir / f"{cid}.png")
+    return written
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--predict",
+        type=pathlib.Path,
+        metavar="IMAGES",
+        help="skip training; predict every image in this folder",
+    )
+    parser.add_argument("--out", type=pathlib.Path, help="output folder for --predict")
+
+
+def run(args) -> int:
+    if args.workdir is None:
+        raise ValueError("--workdir is required")
+    if args.predict is not None:
+        if args.out is None:
+            raise ValueError("--predict needs --out")
+        written = predict_folder(args.workdir, args.predict, args.out)
+        print(f"wrote {len(written)} masks and soft maps to {args.out}")
+        return 0
+    if args.config is None:
+        raise ValueError("--config configs/weak_<dataset>.py is required")
+    last = train(args.config, args.workdir)
+    print("final: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
+    return 0
+
+
+def default_config(dataset: str = "phantom") -> ml_collections.ConfigDict:
+    """Stage 3 defaults (paper): Adam lr 1e-4 with step decay, cross-entropy, rotation / flip /
+    scale augmentation; `data.*` paths point at `mzs segment` output and the dataset's images."""
+    from mzs_jax.train.defaults import train_config
+
+    c = train_config()
+    c.batch_size = 16
+    c.num_epochs = 50
+    c.optimizer.name = "adamw"
+    c.optimizer.lr = 1e-4
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.0  # plain Adam, as in the paper
+    c.optimizer.decay_every_epochs = 10.0
+    c.optimizer.decay_factor = 0.5
+    c.checkpoint.best_metric = "val/dice"
+    c.checkpoint.every_steps = 200
+    c.model = ml_collections.ConfigDict({"name": "default", "overrides": {}})
+    d = c.data
+    d.dataset = dataset
+    d.images = ""  # folder of <id>.png|.npy images
+    d.pseudo_masks = ""  # `mzs segment` masks folder: <id>.png label maps
+    d.gt_masks = ""  # optional ground truth for validation ("" = held-out pseudo-masks)
+    d.val_images = ""  # images of the GT validation cases ("" = d.images)
+    d.val_fraction = 0.15  # held-out pseudo-masks when there is no GT
+    d.split_seed = 0
+    d.image_size = 224
+    d.in_channels = 1
+    d.num_classes = 2  # background included
+    d.augment = ml_collections.ConfigDict(
+        {"max_rotation_deg": 15.0, "scale_range": (0.9, 1.1), "flip_prob": 0.5}
+    )
+    return c
