@@ -97,6 +97,17 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _context_encoder_class():
+    try:
+        from mzs_jax.models.context import ContextEncoder
+    except ImportError as e:
+        raise ValueError(
+            "model.context.enabled=True needs mzs_jax.models.context.ContextEncoder, "
+            f"which cannot be imported: {e}"
+        ) from e
+    return ContextEncoder
+
+
 class CLIP(nnx.Module):
     """`.visual` (ViT), `.text` (BERT), `.logit_scale` (scalar Param), `.context` (optional)."""
 
@@ -108,19 +119,13 @@ class CLIP(nnx.Module):
                 f"text.context_length={cfg.text.context_length} exceeds "
                 f"text.max_positions={cfg.text.max_positions}"
             )
+        context_cls = _context_encoder_class() if cfg.context.enabled else None  # fail fast
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
         self.text = TextTower(cfg.text, cfg.embed_dim, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, param_dtype))
-        self.context = None
-        if cfg.context.enabled:
-            try:
-                from mzs_jax.models.context import ContextEncoder
-            except ImportError as e:
-                raise ValueError(
-                    "model.context.enabled=True needs mzs_jax.models.context.ContextEncoder, "
-                    f"which cannot be imported: {e}"
-                ) from e
-            self.context = ContextEncoder(cfg.context, cfg.embed_dim, rngs=rngs)
+        self.context = (
+            None if context_cls is None else context_cls(cfg.context, cfg.embed_dim, rngs=rngs)
+        )
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """NHWC float32 images normalised with CLIP mean/std `(B, H, W, 3)` → `(B, E)`, unit L2."""
