@@ -111,7 +111,11 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(
     (augmentation via grain random_map included) resumes bit-identically through it."""
     monkeypatch.chdir(repo_root)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
-    common = ["--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False"]
+    common = [
+        "--config.checkpoint.every_steps=2",
+        "--config.checkpoint.async_save=False",
+        "--config.data.val_fraction=0.0",
+    ]  # no per-epoch evaluation: faster
     assert cli.main(_args(folders, ref, "--config.total_steps=8", *common)) == 0
     assert cli.main(_args(folders, cut, "--config.total_steps=4", *common)) == 0
     assert cli.main(_args(folders, cut, "--config.total_steps=8", *common)) == 0
