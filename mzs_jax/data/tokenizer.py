@@ -69,26 +69,48 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike, context_length: int) -> To
     source = str(path_or_hub_id)
     local = pathlib.Path(source).expanduser()
     if local.is_dir():
-        try:
-            hf = BertTokenizerFast.from_pretrained(str(local), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{local}: not a BERT tokenizer directory ({e})") from e
-        return Tokenizer(hf, context_length, str(local))
+        if not any((local / f).is_file() for f in VOCAB_FILES):
+            raise ValueError(f"{local}: no {' or '.join(VOCAB_FILES)} in this tokenizer directory")
+        return Tokenizer(_from_dir(BertTokenizerFast, local), context_length, str(local))
     if local.exists() or source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"tokenizer directory not found: {local}")
     candidates = [source] + (list(BIOMEDCLIP_TOKENIZER_IDS) if source == BIOMEDCLIP_HUB_ID else [])
-    errors = []
     for repo in candidates:
-        try:
-            hf = BertTokenizerFast.from_pretrained(repo, local_files_only=True)
-            return Tokenizer(hf, context_length, repo)
-        except (OSError, ValueError) as e:
-            errors.append(f"{repo}: {type(e).__name__}")
+        snapshot = _cached_snapshot(repo)
+        if snapshot is not None:
+            return Tokenizer(_from_dir(BertTokenizerFast, snapshot), context_length, repo)
     raise FileNotFoundError(
-        f"no tokenizer vocabulary available offline for {source!r}: tried the local directory "
-        f"{str(local)!r} (absent) and the HF cache for {', '.join(errors)}. Give a tokenizer "
-        "directory, or build one with build_wordpiece_tokenizer(texts, out_dir)."
+        f"no tokenizer vocabulary available offline for {source!r}: no local directory "
+        f"{str(local)!r}, and no {' or '.join(VOCAB_FILES)} in the HF cache for "
+        f"{', '.join(candidates)}. Give a tokenizer directory, or build one with "
+        "build_wordpiece_tokenizer(texts, out_dir)."
     )
+
+
+# transformers 5 builds an empty-vocabulary BERT tokenizer when files are missing, so the files
+# are looked for explicitly rather than trusting from_pretrained to fail.
+VOCAB_FILES = ("tokenizer.json", "vocab.txt")
+
+
+def _cached_snapshot(repo: str) -> pathlib.Path | None:
+    """The HF-cache snapshot folder holding `repo`'s vocabulary, or None (never downloads)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in VOCAB_FILES:
+        try:
+            found = try_to_load_from_cache(repo, name)
+        except ValueError:  # not a valid repo id
+            return None
+        if isinstance(found, str):
+            return pathlib.Path(found).parent
+    return None
+
+
+def _from_dir(cls, directory: pathlib.Path):
+    try:
+        return cls.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{directory}: not a readable BERT tokenizer ({e})") from e
 
 
 def build_wordpiece_tokenizer(
@@ -111,7 +133,8 @@ def build_wordpiece_tokenizer(
     wp.train_from_iterator(
         texts, vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS)
     )
-    wp.save_model(str(out_dir))  # vocab.txt
-    hf = BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=True)
+    wp.save_model(str(out_dir))  # vocab.txt, for tools that read a plain BERT vocabulary
+    # transformers 5 takes the vocabulary itself (`vocab=`); `vocab_file=` is silently ignored.
+    hf = BertTokenizerFast(vocab=wp.get_vocab(), do_lower_case=True)
     hf.save_pretrained(str(out_dir))
     return out_dir
