@@ -134,3 +134,20 @@ def test_missing_pseudo_mask_folder_is_one_clear_error(
     )
     assert cli.main(args) == 1
     assert "nope" in capsys.readouterr().err
+
+
+def test_per_class_masks_of_mzs_segment_stack_into_label_maps(tmp_path):
+    from PIL import Image
+
+    a = np.zeros((4, 4), np.uint8)
+    a[:2] = 1
+    b = np.zeros((4, 4), np.uint8)
+    b[1:3] = 1
+    for name, m in (("c1_right_lung", a), ("c1_left_lung", b)):
+        Image.fromarray(m * 255).save(tmp_path / f"{name}.png")
+    paths = weak.per_class_masks(tmp_path, ("right_lung", "left_lung"))
+    label = weak.read_label_map(paths["c1"])
+    np.testing.assert_array_equal(label, np.where(b > 0, 2, np.where(a > 0, 1, 0)))
+    (tmp_path / "c2_right_lung.png").write_bytes((tmp_path / "c1_right_lung.png").read_bytes())
+    with pytest.raises(FileNotFoundError, match="c2"):
+        weak.per_class_masks(tmp_path, ("right_lung", "left_lung"))

@@ -38,13 +38,52 @@ def load_image(path: pathlib.Path, in_channels: int) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def per_class_masks(masks_dir, mask_classes=()) -> dict[str, list[pathlib.Path]]:
+    """`{id: [paths]}`: one label map `<id>.*` per case, or, with `mask_classes` (the slugs `mzs
+    segment` writes, in label order 1, 2, ...), the binary masks `<id>_<slug>.png` of each class."""
+    files = find_cases(masks_dir)
+    if not mask_classes:
+        return {cid: [p] for cid, p in files.items()}
+    out: dict[str, list] = {}
+    for label, slug in enumerate(mask_classes):
+        for stem, p in files.items():
+            if stem.endswith(f"_{slug}"):
+                out.setdefault(stem[: -len(slug) - 1], [None] * len(mask_classes))[label] = p
+    incomplete = sorted(cid for cid, ps in out.items() if None in ps)
+    if incomplete or not out:
+        raise FileNotFoundError(
+            f"{masks_dir}: cases {incomplete[:5]} lack a mask for one of {list(mask_classes)}"
+            if incomplete
+            else f"{masks_dir}: no <id>_<class>.png for classes {list(mask_classes)}"
+        )
+    return out
+
+
+def read_label_map(paths: list[pathlib.Path]) -> np.ndarray:
+    """One label map, or per-class binary masks stacked into labels 1..K (later classes win)."""
+    if len(paths) == 1:
+        return load_array(paths[0], labels=True)
+    out = None
+    for label, p in enumerate(paths, start=1):
+        m = load_array(p, labels=True) > 0
+        out = np.zeros(m.shape, np.int32) if out is None else out
+        if m.shape != out.shape:
+            raise ValueError(f"{p}: mask shape {m.shape} differs from {out.shape}")
+        out[m] = label
+    return out
+
+
 class SegmentationFolder:
     """grain random-access source over `images/<id>.*` with label maps `masks/<id>.*` (the
     pseudo-masks written by `mzs segment`, or ground truth). Yields `{"image": (S, S, C) f32,
     "mask": (S, S) int32}` resized to `size`; `ids` selects and orders the cases."""
 
-    def __init__(self, images_dir, masks_dir, *, size: int, in_channels: int, ids=None):
-        self.images, self.masks = find_cases(images_dir), find_cases(masks_dir)
+    def __init__(
+        self, images_dir, masks_dir, *, size: int, in_channels: int, ids=None, mask_classes=()
+    ):
+        self.images = find_cases(images_dir)
+        self.mask_classes = tuple(mask_classes)
+        self.masks = per_class_masks(masks_dir, self.mask_classes)
         self.ids = sorted(self.masks) if ids is None else list(ids)
         missing = [i for i in self.ids if i not in self.images or i not in self.masks]
         if missing:
@@ -59,7 +98,7 @@ class SegmentationFolder:
     def __getitem__(self, index: int) -> dict:
         cid = self.ids[index]
         image = load_image(self.images[cid], self.in_channels)
-        mask = load_array(self.masks[cid], labels=True)
+        mask = read_label_map(self.masks[cid])
         if mask.shape != image.shape[:2]:
             raise ValueError(f"{self.masks[cid]}: mask {mask.shape} vs image {image.shape[:2]}")
         return {
@@ -115,10 +154,13 @@ class WeakTask:
             image_size=d.image_size,
             **config.model.overrides.to_dict(),
         )
-        all_ids = sorted(find_cases(d.pseudo_masks))
+        classes = tuple(d.pseudo_classes)
+        all_ids = sorted(per_class_masks(d.pseudo_masks, classes))
         self.train_ids, held_out = split_ids(all_ids, float(d.val_fraction), int(d.split_seed))
         kw = dict(size=d.image_size, in_channels=d.in_channels)
-        self.train_source = SegmentationFolder(d.images, d.pseudo_masks, ids=self.train_ids, **kw)
+        self.train_source = SegmentationFolder(
+            d.images, d.pseudo_masks, ids=self.train_ids, mask_classes=classes, **kw
+        )
         # Validation against ground truth when present, else against held-out pseudo-masks.
         if d.gt_masks:
             gt_ids = sorted(set(find_cases(d.gt_masks)) & set(find_cases(d.val_images or d.images)))
@@ -127,7 +169,9 @@ class WeakTask:
         else:
             self.val_target = "pseudo"
             val = (
-                SegmentationFolder(d.images, d.pseudo_masks, ids=held_out, **kw)
+                SegmentationFolder(
+                    d.images, d.pseudo_masks, ids=held_out, mask_classes=classes, **kw
+                )
                 if held_out
                 else None
             )
@@ -270,7 +314,8 @@ def default_config(dataset: str = "phantom") -> ml_collections.ConfigDict:
     d = c.data
     d.dataset = dataset
     d.images = ""  # folder of <id>.png|.npy images
-    d.pseudo_masks = ""  # `mzs segment` masks folder: <id>.png label maps
+    d.pseudo_masks = ""  # `mzs segment` WORKDIR/masks: <id>.png label maps, or see pseudo_classes
+    d.pseudo_classes = ()  # class slugs in label order: read <id>_<slug>.png binary masks
     d.gt_masks = ""  # optional ground truth for validation ("" = held-out pseudo-masks)
     d.val_images = ""  # images of the GT validation cases ("" = d.images)
     d.val_fraction = 0.15  # held-out pseudo-masks when there is no GT
