@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import shutil
 
 import ml_collections
 
@@ -62,7 +63,7 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
         help="architecture (default: --config's model.name, else biomedclip)",
     )
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a workdir that already holds a model")  # fmt: skip
+                        help="delete the workdir's checkpoints, then write this model")  # fmt: skip
 
 
 def merge_config(base: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
@@ -92,7 +93,7 @@ def import_model_config(name: str | None, config) -> ml_collections.ConfigDict:
 
 
 def run_import(args) -> int:
-    from mzs_jax.train.checkpoint import MODEL_CONFIG_FILE, save_model
+    from mzs_jax.train.checkpoint import CKPT_DIR, MODEL_CONFIG_FILE, save_model
 
     if args.workdir is None:
         raise ValueError("--workdir is required (where the checkpoint is written)")
@@ -110,6 +111,8 @@ def run_import(args) -> int:
     except ValueError as e:
         raise ValueError(f"{args.open_clip}: {e}") from e
     progress.update(1, force=True, model=model_config.name)
+    if args.overwrite and (args.workdir / CKPT_DIR).exists():  # only now that the import is valid
+        shutil.rmtree(args.workdir / CKPT_DIR)
     path = save_model(args.workdir, model, model_config, step=0)
     progress.close(wrote=str(path))
     print(f"imported {args.open_clip} as {model_config.name} "
