@@ -1,4 +1,4 @@
-"""Resume: kill -9 mid-run then rerun gives bit-identical parameters; corrupt checkpoints are skipped."""
+"""Resume: kill -9 then rerun gives bit-identical params; corrupt checkpoints are skipped."""
 
 import json
 import os

@@ -9,6 +9,8 @@ import math
 
 import ml_collections
 
+from mzs_jax.losses import default_config as losses_default_config
+
 
 def train_config() -> ml_collections.ConfigDict:
     """Engine keys read by `loop.fit`, with their defaults."""
@@ -74,15 +76,13 @@ def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
     c.temperature_init = 0.07
     c.clamp = (("logit_scale", 0.0, math.log(100.0)),)
 
-    c.loss = ml_collections.ConfigDict()
+    c.loss = losses_default_config()  # name, betas, adaptive, global_batch, block_size (F2)
     c.loss.name = loss  # infonce | dcl | hn_nce | dhn_nce | cehnc
-    c.loss.hparams = ml_collections.ConfigDict()  # e.g. beta1, beta2, adaptive
-    c.loss.block_size = 0  # 0 = the loss's default
 
-    c.data.source = "phantom"  # phantom | captions
-    c.data.path = ""  # dataset root for `captions` / the phantom dir
-    c.data.tokenizer = ""  # path or hub id for load_tokenizer; "" = the dataset's
-    c.data.image_size = 224
+    c.data.source = ""  # roco | medpix | phantom; "" = guessed from data.path
+    c.data.path = "phantom:300"  # ROCO root, MedPix index file, or "phantom:N" (generated)
+    c.data.tokenizer = ""  # dir or hub id; "" = WORKDIR/tokenizer, built from phantom captions
+    c.data.image_size = 0  # 0 = the model's (224 for biomedclip)
     c.data.val_fraction = 0.15
     c.data.split_seed = 0
     c.data.limit = 0  # > 0: use only the first N examples (smoke runs)
@@ -90,5 +90,6 @@ def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.batch = 50  # ROCO protocol: retrieval in batches of 50
     c.eval.seeds = 1  # seeds per epoch-end evaluation (eval-retrieval uses 5)
+    c.eval.max_examples = 1000  # validation pairs embedded at each epoch end
     c.checkpoint.best_metric = "val/i2t_top1"
     return c

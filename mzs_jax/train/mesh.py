@@ -31,11 +31,17 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
         data = n // max(fsdp, 1)
     if fsdp == -1:
         fsdp = n // max(data, 1)
-    if data < 1 or fsdp < 1 or data * fsdp != n:
+    if (
+        data < 1
+        or fsdp < 1
+        or n % (data * fsdp)
+        or (data * fsdp != n and -1 in (mesh_config.data, mesh_config.fsdp))
+    ):
         raise ValueError(
             f"config.mesh: data={mesh_config.data} x fsdp={mesh_config.fsdp} "
             f"does not fit {n} devices"
         )
+    devices = devices[: data * fsdp]  # an explicit smaller mesh uses the first devices
     return jax.make_mesh((data, fsdp), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 

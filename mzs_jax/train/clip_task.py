@@ -1,0 +1,248 @@
+"""Stage 1 (paper §3.1): contrastive fine-tuning of BiomedCLIP as a `Task` for `loop.fit`, and the
+`mzs train-clip` command. Inputs: ROCO / MedPix captions or generated phantom captions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from mzs_jax.data.transforms import ToClipInput
+
+BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+
+def clip_model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`models.clip.model_config(config.model)` + `config.model_overrides`, τ0 from the config."""
+    from mzs_jax.models import clip
+
+    mc = clip.model_config(config.model)
+    mc.update(config.model_overrides.to_dict())
+    if not 0 < config.temperature_init <= 1:
+        raise ValueError(f"config.temperature_init={config.temperature_init} must be in (0, 1]")
+    mc.logit_scale_init = math.log(1.0 / config.temperature_init)
+    return mc
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def _guess_source(path: str) -> str:
+    if path.startswith("phantom:"):
+        return "phantom"
+    return "medpix" if pathlib.Path(path).is_file() else "roco"
+
+
+def caption_source(
+    path: str, source: str | None, split: str, *, seed: int = 0, val_fraction: float = 0.15
+):
+    """A random-access source of `{"image", "caption", "metadata", "id"}` dicts."""
+    source = source or _guess_source(path)
+    if source == "phantom":
+        from mzs_jax.data import phantom
+        from mzs_jax.data.sources import split_indices
+
+        try:
+            n = int(path.split(":", 1)[1])
+        except (IndexError, ValueError) as e:
+            raise ValueError(f"config.data.path={path!r}: expected 'phantom:N'") from e
+        samples = phantom.generate_captions(n, seed=seed)
+        return [samples[i] for i in split_indices(n, val_fraction, seed, split)]
+    from mzs_jax.data import captions
+
+    if source == "roco":
+        return captions.RocoCaptions(path, split, seed=seed, val_fraction=val_fraction)
+    if source == "medpix":
+        return captions.MedPixCaptions(path, split, seed=seed, val_fraction=val_fraction)
+    raise ValueError(f"config.data.source={source!r}: expected roco | medpix | phantom")
+
+
+def resolve_tokenizer(
+    spec: str | None, workdir: pathlib.Path | None, context_length: int, texts=None
+):
+    """Explicit dir/hub id; else `WORKDIR/tokenizer`; else (phantoms) one built from `texts`;
+    else BiomedCLIP's PubMedBERT vocabulary from the local HF cache."""
+    from mzs_jax.data import tokenizer as tk
+
+    local = pathlib.Path(workdir) / "tokenizer" if workdir else None
+    if spec:
+        return tk.load_tokenizer(spec, context_length)
+    if local is not None and local.is_dir():
+        return tk.load_tokenizer(local, context_length)
+    if texts is not None and local is not None:
+        if jax.process_index() == 0:
+            tk.build_wordpiece_tokenizer(texts, local)
+        _barrier("tokenizer")
+        print(f"built a WordPiece tokenizer from the training captions: {local}")
+        return tk.load_tokenizer(local, context_length)
+    return tk.load_tokenizer(BIOMEDCLIP_HUB_ID, context_length)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class ToClipExample(grain.transforms.Map):
+    """`{"image", "caption", ...}` -> `{"image" (S,S,3) f32 CLIP-normalised, "input_ids" (L,),
+    "attention_mask" (L,)}`; strings and metadata are dropped."""
+
+    def __init__(self, tokenizer, image_size: int):
+        self.tokenizer, self.to_input = tokenizer, ToClipInput(image_size)
+
+    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+        tokens = self.tokenizer([element["caption"]])
+        return {
+            "image": self.to_input.map({"image": element["image"]})["image"],
+            "input_ids": np.asarray(tokens["input_ids"][0], np.int32),
+            "attention_mask": np.asarray(tokens["attention_mask"][0], np.int32),
+        }
+
+
+def _examples(src, tokenizer, model_config, limit: int = 0) -> grain.MapDataset:
+    ds = grain.MapDataset.source(src)
+    if limit > 0:
+        ds = ds[:limit]
+    return ds.map(ToClipExample(tokenizer, model_config.vision.image_size))
+
+
+def eval_examples(
+    path: str,
+    source: str | None,
+    split: str,
+    model_config,
+    *,
+    tokenizer: str | None = None,
+    workdir=None,
+    seed: int = 0,
+    limit: int = 0,
+) -> grain.MapDataset:
+    """Processed evaluation pairs for `mzs eval-retrieval` and the per-epoch validation."""
+    src = caption_source(path, source, split, seed=seed)
+    tok = resolve_tokenizer(
+        tokenizer, None if tokenizer else workdir, model_config.text.context_length
+    )
+    return _examples(src, tok, model_config, limit)
+
+
+# ------------------------------------------------------------------------------------ task
+
+
+class ClipTask:
+    """Contrastive fine-tuning of `models.clip.CLIP` with one of the five losses."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+        self.config, self.workdir = config, pathlib.Path(workdir)
+        self.model_config = clip_model_config(config)
+        if config.data.image_size and config.data.image_size != self.model_config.vision.image_size:
+            raise ValueError(
+                f"config.data.image_size={config.data.image_size} differs from the model's "
+                f"vision.image_size={self.model_config.vision.image_size}"
+            )
+        d = config.data
+        self.train_src = caption_source(
+            d.path, d.source or None, "train", seed=d.split_seed, val_fraction=d.val_fraction
+        )
+        self.val_src = caption_source(
+            d.path, d.source or None, "val", seed=d.split_seed, val_fraction=d.val_fraction
+        )
+        texts = None
+        if (d.source or _guess_source(d.path)) == "phantom":
+            texts = [self.train_src[i]["caption"] for i in range(len(self.train_src))]
+        self.tokenizer = resolve_tokenizer(
+            d.tokenizer or None, self.workdir, self.model_config.text.context_length, texts
+        )
+        self._loss = None
+
+    def bind_mesh(self, mesh) -> None:
+        from mzs_jax import losses
+
+        lc = self.config.loss
+        hp = losses.hparams_from_config(lc)
+        if lc.global_batch and mesh.size > 1:
+            self._loss = losses.make_global_loss(
+                lc.name, mesh, axis="data", block_size=lc.block_size or None, **hp
+            )
+            where = f"global-batch form over mesh axis 'data' ({mesh.shape['data']} devices)"
+        else:
+            self._loss = losses.loss_from_config(lc)
+            where = "single-device dense form"
+        if jax.process_index() == 0:
+            print(f"[train-clip] loss {lc.name} {hp}: {where}")
+
+    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        from mzs_jax.models.clip import CLIP
+
+        return CLIP(self.model_config, rngs=rngs)
+
+    def init_from(self, model) -> None:
+        if not self.config.init:
+            return
+        from mzs_jax.train import checkpoint as ckpt
+
+        pretrained, _ = ckpt.restore_model(self.config.init)
+        nnx.update(model, nnx.state(pretrained))
+        if jax.process_index() == 0:
+            print(f"[train-clip] initialised from {self.config.init}")
+
+    def loss_fn(self, model, batch, rng):
+        img = model.encode_image(batch["image"])
+        txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        # open_clip: logits = exp(logit_scale) * cos, i.e. τ = 1 / exp(logit_scale).
+        scale = model.logit_scale[...].astype(jnp.float32)
+        temperature = jnp.exp(-scale)
+        loss = self._loss(img, txt, temperature)
+        return loss, {"temperature": temperature}
+
+    def train_dataset(self, config) -> grain.MapDataset:
+        return _examples(self.train_src, self.tokenizer, self.model_config, config.data.limit)
+
+    def evaluate(self, model, epoch: int) -> dict[str, float]:
+        from mzs_jax.pipeline import retrieval
+
+        ex = _examples(
+            self.val_src, self.tokenizer, self.model_config, int(self.config.eval.max_examples)
+        )
+        img, txt = retrieval.embed(model, ex)
+        res = retrieval.summarize(
+            img, txt, batch=int(self.config.eval.batch), seeds=int(self.config.eval.seeds)
+        )
+        return {f"val/{k}": v[0] for k, v in res.items()}
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Example: mzs train-clip --config configs/clip_cehnc.py --workdir runs/cehnc "
+        "--config.data.path=/data/roco. Re-running with the same --workdir resumes."
+    )
+
+
+def run(args) -> int:
+    from mzs_jax.train import distributed
+    from mzs_jax.train.loop import fit
+
+    if args.config is None or args.workdir is None:
+        raise ValueError("train-clip needs --config configs/clip_<loss>.py and --workdir DIR")
+    distributed.initialize(args.config.distributed)
+    task = ClipTask(args.config, args.workdir)
+    last = fit(task, args.config, args.workdir, name="train-clip")
+    if jax.process_index() == 0 and last:
+        print(
+            "[train-clip] done: "
+            + " ".join(f"{k}={v:.4g}" for k, v in last.items() if k.startswith(("loss", "val/")))
+        )
+    return 0
