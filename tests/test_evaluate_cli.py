@@ -89,8 +89,12 @@ def test_cli_compare_prints_paired_ttest(folders, tmp_path, capsys):
                 "--append",
             ]
         )
-    assert cli.main(["evaluate", "--out", str(out), "--compare", "A", "B"]) == 0
+    rep = tmp_path / "rep"
+    assert (
+        cli.main(["evaluate", "--out", str(out), "--compare", "A", "B", "--report", str(rep)]) == 0
+    )
     assert "[ph] dice: A" in capsys.readouterr().out
+    assert "| ph | B |" in (rep / "report.md").read_text()
 
 
 def test_volumes_are_evaluated_volume_wise_from_nifti(tmp_path):
