@@ -52,8 +52,9 @@ def direction(s, tau, keep_pos, w) -> float:
     return float(np.mean(out))
 
 
-def loss(name, img, txt, tau, beta1=0.0, beta2=0.0, adaptive=False, rule="inverse_std",
-         frozen=None):
+def loss(
+    name, img, txt, tau, beta1=0.0, beta2=0.0, adaptive=False, rule="inverse_std", frozen=None
+):
     """The loss `name`; `frozen=(w_i2t, w_t2i)` holds the weights fixed (stop-gradient)."""
     keep_pos, kind = KINDS[name]
     s = img @ txt.T

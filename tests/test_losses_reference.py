@@ -1,10 +1,10 @@
 """Every loss against its float64 NumPy reference: values and gradients (atol 1e-5)."""
 
 import jax
+import losses_numpy_reference as ref
 import numpy as np
 import pytest
 
-import losses_numpy_reference as ref
 from mzs_jax import losses
 
 CASES = [
@@ -60,7 +60,9 @@ def test_loss_value_and_gradient_match_numpy_float64_reference(name, hp, ref_hp)
 def test_bf16_inputs_accumulate_in_float32_and_stay_close():
     img, txt, tau = _batch(1, b=8, d=16)
     for name, hp, ref_hp in CASES:
-        got = losses.get_loss(name)(img.astype(jax.numpy.bfloat16), txt.astype("bfloat16"), tau, **hp)
+        got = losses.get_loss(name)(
+            img.astype(jax.numpy.bfloat16), txt.astype("bfloat16"), tau, **hp
+        )
         assert got.dtype == np.float32
         want = ref.loss(name, img, txt, tau, **ref_hp)
         np.testing.assert_allclose(float(got), want, rtol=3e-2)
