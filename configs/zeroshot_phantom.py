@@ -15,7 +15,7 @@ def get_config(arg=None):
     c.dataset = "phantom-xray"
     c.data.kind, c.data.n, c.data.seed, c.data.size = "xray", 32, 1000, 64
     c.prompts = {
-        "heart": "frontal chest radiograph showing the heart",
+        "opacity": "chest radiograph showing a pulmonary nodule or dense consolidation",
         "lungs": "frontal chest radiograph showing both lungs",
     }
     c.saliency.method = arg or "gscorecam"

@@ -63,16 +63,21 @@ def load_cases(cfg: ml_collections.ConfigDict) -> list[dict]:
         )
     from mzs_jax.data import phantom
 
+    samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size))
+    known = {name for s in samples for name in s["structures"]}
+    for name in cfg.prompts:
+        if name not in known:
+            raise ValueError(
+                f"prompts.{name}: no such structure in {d.kind} phantoms (have {sorted(known)})"
+            )
     cases = []
-    for s in phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size)):
-        gt = {}
-        for name in cfg.prompts:
-            if name not in s["structures"]:
-                raise ValueError(
-                    f"prompts.{name}: no such structure in {d.kind} phantoms "
-                    f"(have {sorted(s['structures'])})"
-                )
-            gt[name] = phantom.structure_mask(s, name)
+    for s in samples:  # a structure absent from an image has an empty GT mask
+        gt = {
+            name: phantom.structure_mask(s, name)
+            if name in s["structures"]
+            else np.zeros(s["mask"].shape, bool)
+            for name in cfg.prompts
+        }
         cases.append({"id": s["id"], "image": s["image"], "gt": gt})
     return cases
 

@@ -1,0 +1,122 @@
+"""`mzs segment` end to end on phantoms with a random tiny CLIP: outputs, resume, clear errors.
+
+Random weights: this checks the plumbing (files, records, resumability), not mask quality.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from mzs_jax import cli
+from mzs_jax.data import phantom
+from mzs_jax.data.tokenizer import build_wordpiece_tokenizer
+from mzs_jax.models import clip
+from mzs_jax.pipeline import zeroshot
+from mzs_jax.train.checkpoint import save_model
+
+
+@pytest.fixture(scope="module")
+def clip_workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("clip")
+    cfg = clip.model_config("tiny")
+    save_model(wd, clip.CLIP(cfg, rngs=nnx.Rngs(0)), cfg)
+    build_wordpiece_tokenizer(
+        [s["caption"] for s in phantom.generate("xray", 40)], wd / "tokenizer", vocab_size=512
+    )
+    return wd
+
+
+def _argv(clip_workdir, workdir, *extra):
+    return [
+        "segment",
+        "--config",
+        "configs/zeroshot_phantom.py",
+        "--workdir",
+        str(workdir),
+        f"--config.clip_workdir={clip_workdir}",
+        "--config.data.n=4",
+        "--config.dpfem.total_steps=2",
+        "--config.dpfem.batch_size=8",
+        "--config.saliency.topk=8",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "dpfem", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["no_dpfem", "dpfem"]
+)
+def test_segment_writes_masks_figures_metrics_and_resumes(
+    clip_workdir, tmp_path, capsys, monkeypatch, repo_root, dpfem
+):
+    monkeypatch.chdir(repo_root)
+    out = tmp_path / "seg"
+    argv = _argv(clip_workdir, out, f"--config.dpfem.enabled={dpfem}")
+    assert cli.main(argv) == 0
+    records = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(records) == 8  # 4 cases × 2 prompts
+    for r in records:
+        mask = np.asarray(Image.open(out / "masks" / f"{r['case']}_{r['class']}.png"))
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+        assert (out / "figures" / f"{r['case']}_{r['class']}.png").is_file()
+        assert r["segmenter"].startswith(("grabcut", "none(empty map)"))
+        assert r["empty"] == (r["segmenter"] == "none(empty map)") and 0 <= r["iou"] <= 1
+    csv_rows = (out / "per_case.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 8 and 0 <= summary["random_hit"] <= 1
+    assert (out / "dpfem" / "ckpt").is_dir() == dpfem
+
+    capsys.readouterr()
+    assert cli.main(argv) == 0  # resumed: nothing recomputed
+    printed = capsys.readouterr().out
+    assert "[segment]" not in printed and "[saliency]" not in printed
+    assert len((out / "cases.jsonl").read_text().splitlines()) == 8
+
+
+def test_dpfem_bypass_and_crf_segmenter_and_dense_method(
+    clip_workdir, tmp_path, monkeypatch, repo_root
+):
+    monkeypatch.chdir(repo_root)
+    out = tmp_path / "seg"
+    argv = _argv(
+        clip_workdir,
+        out,
+        "--config.dpfem.enabled=False",
+        "--config.segmenter.name=crf",
+        "--config.saliency.method=dense",
+        "--config.figures=False",
+    )
+    assert cli.main(argv) == 0
+    assert not (out / "dpfem").exists() and not (out / "figures").exists()
+    records = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert {r["segmenter"] for r in records} <= {"crf-mask", "none(empty map)"}
+
+
+def test_sam_without_checkpoint_fails_with_one_clear_line(
+    clip_workdir, tmp_path, capsys, monkeypatch, repo_root
+):
+    monkeypatch.chdir(repo_root)
+    argv = _argv(
+        clip_workdir,
+        tmp_path / "seg",
+        "--config.segmenter.name=sam",
+        "--config.dpfem.enabled=False",
+    )
+    assert cli.main(argv) == 1
+    assert "segmenter.checkpoint is required" in capsys.readouterr().err
+
+
+def test_missing_clip_workdir_and_unknown_structure_are_clear_errors(
+    tmp_path, capsys, monkeypatch, repo_root
+):
+    monkeypatch.chdir(repo_root)
+    base = ["segment", "--config", "configs/zeroshot_phantom.py", "--workdir", str(tmp_path)]
+    assert cli.main(base) == 1
+    assert "clip_workdir is required" in capsys.readouterr().err
+    cfg = zeroshot.default_config()
+    cfg.prompts = {"spleen": "a spleen"}
+    with pytest.raises(ValueError, match="prompts.spleen"):
+        zeroshot.load_cases(cfg)
