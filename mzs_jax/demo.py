@@ -1,0 +1,163 @@
+"""`mzs demo`: the whole method end to end on phantoms, offline, in minutes (DESIGN §1, docs/demo.md).
+
+Stage 1 tiny CLIP (pre-train, fine-tune with five losses, retrieval, open_clip export) → stage 2
+zero-shot chain on held-out X-ray phantoms with baselines → stage 3 ResUNet on the pseudo-masks
+over 3 seeds → report. Every number in the report is produced by the run that writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shutil
+import time
+
+MARKER = ".mzs_demo"  # a workdir holding this file was made by `mzs demo` and may be reused
+OWNED = ("data", "tokenizer", "clip", "zeroshot", "weak", "eval", "report", "timings.json")
+# Rough share of the run time per stage (for the overall ETA line).
+WEIGHTS = {"data": 2, "pretrain": 30, "finetune": 30, "export": 4, "zeroshot": 14, "weak": 16,
+           "report": 4}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # `--workdir` is added by cli.py; the demo defaults it to ./mzs_demo (report: WORKDIR/report).
+    parser.set_defaults(workdir=pathlib.Path("mzs_demo"))
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run (< 2 min on 2 cores): fewer samples and steps")  # fmt: skip
+    parser.add_argument("--sam-checkpoint", type=pathlib.Path, default=None,
+                        help="SAM ViT-B .pth: segment with SAM instead of the weight-free GrabCut")  # fmt: skip
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="pre-train the phantom CLIP live instead of loading "
+                        "weights/phantom_clip (when shipped)")  # fmt: skip
+
+
+def demo_config(args):
+    """`args.config` when given (configs/demo.py with overrides), else configs/demo.py's defaults."""
+    if args.config is not None:
+        return args.config
+    import importlib.util
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"demo config not found: {path}")
+    spec = importlib.util.spec_from_file_location("demo_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("quick" if args.quick else "full")
+
+
+def prepare_workdir(workdir: pathlib.Path) -> None:
+    """Create `workdir`; a previous demo run there is replaced, any other content is refused."""
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
+        raise ValueError(
+            f"--workdir {workdir} is not empty and was not made by `mzs demo`; "
+            "choose an empty or new folder"
+        )
+    for name in OWNED:
+        p = workdir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by mzs demo\n")
+
+
+class Stages:
+    """Stage timer + overall progress line with ETA (weights from `WEIGHTS`)."""
+
+    def __init__(self, names):
+        from mzs_jax.progress import Progress
+
+        self.names = list(names)
+        self.progress = Progress(sum(WEIGHTS[n] for n in self.names), "demo", unit="%",
+                                 every_s=0.0)  # fmt: skip
+        self.times: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def start(self, name: str, what: str) -> None:
+        self._name, self._t = name, time.perf_counter()
+        i = self.names.index(name) + 1
+        print(f"\n[demo] stage {i}/{len(self.names)} {name}: {what}", flush=True)
+
+    def done(self, **metrics) -> None:
+        dt = time.perf_counter() - self._t
+        self.times[self._name] = dt
+        self.progress.update(WEIGHTS[self._name], force=True, stage=self._name,
+                             stage_s=round(dt, 1), **metrics)  # fmt: skip
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def run(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import jax
+
+    from mzs_jax import demo_clip, demo_report, demo_weak
+    from mzs_jax import demo_zeroshot as zs
+
+    dc = demo_config(args)
+    w = pathlib.Path(args.workdir)
+    prepare_workdir(w)
+    # Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run).
+    jax.config.update("jax_compilation_cache_dir", str(w / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    st = Stages(WEIGHTS)
+    facts: dict = {"mode": dc.mode, "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
+                   "cpu_count": os.cpu_count()}  # fmt: skip
+
+    st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
+    tok = demo_clip.build_tokenizer(dc, w / "tokenizer")
+    z = dc.zeroshot
+    train_s = zs.make_split(dc, int(z.n_train), 0, w / "data" / "xray_train")
+    test_s = zs.make_split(dc, int(z.n_test), int(z.n_train), w / "data" / "xray_test")
+    st.done(captions=int(dc.clip.n_captions), train=len(train_s), test=len(test_s))
+
+    st.start("pretrain", f"tiny CLIP from random init, infonce, {dc.clip.pretrain_steps} steps")
+    pre = w / "clip" / "pretrained"
+    cfg = demo_clip.run_config(
+        dc, "infonce", dc.clip.pretrain_steps, dc.clip.pretrain_lr, tok, None
+    )
+    demo_clip.train(cfg, pre, "pretrain")
+    retrieval = {"pre-trained (no fine-tuning)": demo_clip.retrieval(dc, pre, tok)}
+    facts["clip_init"] = f"pre-trained live in this run ({dc.clip.pretrain_steps} steps, infonce)"
+    st.done(i2t_top1=retrieval["pre-trained (no fine-tuning)"]["i2t_top1"][0])
+
+    st.start("finetune", f"fine-tune with {', '.join(dc.clip.losses)}")
+    for loss in dc.clip.losses:
+        cfg = demo_clip.run_config(dc, loss, dc.clip.finetune_steps, dc.clip.finetune_lr, tok, pre)
+        demo_clip.train(cfg, w / "clip" / loss, f"finetune {loss}")
+        retrieval[loss] = demo_clip.retrieval(dc, w / "clip" / loss, tok)
+        print(f"[demo] {loss}: i2t_top1={retrieval[loss]['i2t_top1'][0]:.3f} "
+              f"t2i_top1={retrieval[loss]['t2i_top1'][0]:.3f}", flush=True)  # fmt: skip
+    st.done(cehnc_i2t_top1=retrieval[dc.clip.losses[-1]]["i2t_top1"][0])
+
+    st.start(
+        "export", "cehnc model → open_clip safetensors → PyTorch open_clip, embeddings compared"
+    )
+    main_clip = w / "clip" / ("cehnc" if "cehnc" in dc.clip.losses else dc.clip.losses[-1])
+    test_inputs = zs.clip_inputs(test_s, int(dc.image_size))
+    export = demo_clip.export_check(main_clip, w / "clip" / "cehnc_open_clip.safetensors",
+                                    test_inputs[:4])  # fmt: skip
+    st.done(max_abs_diff=export["max_abs_diff"])
+
+    st.start("zeroshot", f"{z.saliency} → DPFEM → CRF → box → segmenter, prompt {z.prompt!r}")
+    zres = demo_weak.zero_shot(dc, w, main_clip, tok, train_s, test_s, test_inputs,
+                               args.sam_checkpoint)  # fmt: skip
+    st.done(dice=zres["test_dice"])
+
+    st.start("weak", f"ResUNet on the pseudo-masks, seeds {tuple(dc.weak.seeds)}")
+    weak = demo_weak.weak_stage(dc, w, zres)
+    st.done(dice=weak["mean_dice"])
+
+    st.start("report", "tables, t-tests, figures")
+    facts.update(stage_seconds=dict(st.times), total_seconds=st.total)
+    md = demo_report.write(w, dc, retrieval=retrieval, export=export, zres=zres, weak=weak,
+                           facts=facts)  # fmt: skip
+    st.done()
+    print(f"\n[demo] done in {st.total:.0f} s; report: {md}", flush=True)
+    return 0

@@ -1,0 +1,115 @@
+"""`mzs demo` stage 1 (paper §3.1, Table 1): tiny CLIP pre-training, fine-tuning with each of the
+five losses through `train.loop.fit`, ROCO-protocol retrieval, and the open_clip export check.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from mzs_jax.train.defaults import clip_config
+
+
+def build_tokenizer(dc: ml_collections.ConfigDict, out_dir: pathlib.Path) -> pathlib.Path:
+    """WordPiece vocabulary (F1) trained on the training captions of the demo's caption set."""
+    from mzs_jax.data.tokenizer import build_wordpiece_tokenizer
+    from mzs_jax.train.clip_task import caption_source
+
+    train = caption_source(f"phantom:{dc.clip.n_captions}", "phantom", "train", seed=dc.seed)
+    return build_wordpiece_tokenizer(
+        [s["caption"] for s in train], out_dir, vocab_size=int(dc.clip.vocab_size)
+    )
+
+
+def run_config(
+    dc: ml_collections.ConfigDict,
+    loss: str,
+    steps: int,
+    lr: float,
+    tokenizer: pathlib.Path,
+    init: pathlib.Path | None,
+) -> ml_collections.ConfigDict:
+    """A `mzs train-clip` config (train.defaults.clip_config) for one demo training run."""
+    c = clip_config(loss)
+    c.model = dc.clip.model
+    c.seed = int(dc.seed)
+    c.init = str(init or "")
+    c.data.path = f"phantom:{dc.clip.n_captions}"
+    c.data.tokenizer = str(tokenizer)
+    c.data.split_seed = int(dc.seed)
+    c.data.num_threads = 1
+    c.data.prefetch = 4
+    c.batch_size = int(dc.clip.batch_size)
+    c.total_steps = int(steps)
+    c.optimizer.lr = float(lr)
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.warmup_steps = max(1, int(steps) // 10)
+    c.optimizer.decay_every_epochs = 1000.0  # constant after warm-up (runs are a few epochs)
+    c.checkpoint.every_steps = int(steps)
+    c.checkpoint.keep = 1
+    c.checkpoint.best_metric = ""
+    c.checkpoint.async_save = False
+    c.eval_every_epochs = 10**6  # evaluate once, at the last step (fit always does)
+    c.eval.batch = int(dc.clip.eval_batch)
+    c.eval.max_examples = 10**6
+    c.log_every_steps = 10
+    return c
+
+
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: str) -> dict:
+    """One `loop.fit` run of the stage 1 task; returns its last metrics."""
+    from mzs_jax.train.clip_task import ClipTask
+    from mzs_jax.train.loop import fit
+
+    return fit(ClipTask(config, workdir), config, workdir, name=name)
+
+
+def retrieval(
+    dc: ml_collections.ConfigDict, workdir: pathlib.Path, tokenizer: pathlib.Path
+) -> dict[str, tuple[float, float]]:
+    """ROCO-protocol retrieval of the model in `workdir` on the held-out captions:
+    `{metric: (mean, std)}` over `eval_seeds` shuffles in batches of `eval_batch`."""
+    from mzs_jax.pipeline import retrieval as ret
+    from mzs_jax.train import checkpoint as ckpt
+    from mzs_jax.train.clip_task import eval_examples
+
+    model, mc = ckpt.restore_model(workdir)
+    ex = eval_examples(f"phantom:{dc.clip.n_captions}", "phantom", "val", mc,
+                       tokenizer=str(tokenizer), seed=int(dc.seed))  # fmt: skip
+    img, txt = ret.embed(model, ex)
+    return ret.summarize(img, txt, batch=int(dc.clip.eval_batch), seeds=int(dc.clip.eval_seeds))
+
+
+def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -> dict:
+    """Export the model in `workdir` to open_clip safetensors (F1), load it into the PyTorch
+    open_clip model (`torch_bridge.clip.build_open_clip`) and compare image embeddings of
+    `images` `(B, S, S, 3)` (CLIP-normalised NHWC). Returns the file, its size and the max
+    |JAX − torch| difference."""
+    import torch
+
+    from mzs_jax import convert
+    from mzs_jax.train import checkpoint as ckpt
+    from torch_bridge.clip import build_open_clip
+
+    model, mc = ckpt.restore_model(workdir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert.save_safetensors(convert.to_open_clip(model), out)
+    tmodel = build_open_clip(mc, weights=out)
+    with torch.no_grad():
+        t_emb = tmodel.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+                                    normalize=True).numpy()  # fmt: skip
+    j_emb = np.asarray(model.encode_image(images))
+    diff = float(np.abs(t_emb - j_emb).max())
+    if not math.isfinite(diff):
+        raise ValueError(f"{out}: exported model gives non-finite embeddings in torch")
+    return {"file": str(out), "bytes": out.stat().st_size, "max_abs_diff": diff,
+            "n_images": int(len(images))}  # fmt: skip
+
+
+def save_json(obj, path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
