@@ -1,4 +1,4 @@
-"""`mzs demo`: the whole method end to end on phantoms, offline, in minutes (DESIGN §1, docs/demo.md).
+"""`mzs demo`: the whole method end to end on phantoms, offline, in minutes (DESIGN §1).
 
 Stage 1 tiny CLIP (pre-train, fine-tune with five losses, retrieval, open_clip export) → stage 2
 zero-shot chain on held-out X-ray phantoms with baselines → stage 3 ResUNet on the pseudo-masks
@@ -16,24 +16,41 @@ import time
 MARKER = ".mzs_demo"  # a workdir holding this file was made by `mzs demo` and may be reused
 OWNED = ("data", "tokenizer", "clip", "zeroshot", "weak", "eval", "report", "timings.json")
 # Rough share of the run time per stage (for the overall ETA line).
-WEIGHTS = {"data": 2, "pretrain": 30, "finetune": 30, "export": 4, "zeroshot": 14, "weak": 16,
-           "report": 4}  # fmt: skip
+WEIGHTS = {
+    "data": 2,
+    "pretrain": 30,
+    "finetune": 30,
+    "export": 4,
+    "zeroshot": 14,
+    "weak": 16,
+    "report": 4,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # `--workdir` is added by cli.py; the demo defaults it to ./mzs_demo (report: WORKDIR/report).
     parser.set_defaults(workdir=pathlib.Path("mzs_demo"))
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run (< 2 min on 2 cores): fewer samples and steps")  # fmt: skip
-    parser.add_argument("--sam-checkpoint", type=pathlib.Path, default=None,
-                        help="SAM ViT-B .pth: segment with SAM instead of the weight-free GrabCut")  # fmt: skip
-    parser.add_argument("--from-scratch", action="store_true",
-                        help="pre-train the phantom CLIP live instead of loading "
-                        "weights/phantom_clip (when shipped)")  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (< 2 min on 2 cores): fewer samples and steps",
+    )
+    parser.add_argument(
+        "--sam-checkpoint",
+        type=pathlib.Path,
+        default=None,
+        help="SAM ViT-B .pth: segment with SAM instead of the weight-free GrabCut",
+    )
+    parser.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="pre-train the phantom CLIP live instead of loading "
+        "weights/phantom_clip (when shipped)",
+    )
 
 
 def demo_config(args):
-    """`args.config` when given (configs/demo.py with overrides), else configs/demo.py's defaults."""
+    """`args.config` if given (configs/demo.py + overrides), else configs/demo.py's defaults."""
     if args.config is not None:
         return args.config
     import importlib.util
@@ -71,8 +88,7 @@ class Stages:
         from mzs_jax.progress import Progress
 
         self.names = list(names)
-        self.progress = Progress(sum(WEIGHTS[n] for n in self.names), "demo", unit="%",
-                                 every_s=0.0)  # fmt: skip
+        self.progress = Progress(sum(WEIGHTS[n] for n in self.names), "demo", unit="%", every_s=0.0)
         self.times: dict[str, float] = {}
         self.t0 = time.perf_counter()
 
@@ -84,8 +100,9 @@ class Stages:
     def done(self, **metrics) -> None:
         dt = time.perf_counter() - self._t
         self.times[self._name] = dt
-        self.progress.update(WEIGHTS[self._name], force=True, stage=self._name,
-                             stage_s=round(dt, 1), **metrics)  # fmt: skip
+        self.progress.update(
+            WEIGHTS[self._name], force=True, stage=self._name, stage_s=round(dt, 1), **metrics
+        )
 
     @property
     def total(self) -> float:
@@ -107,8 +124,11 @@ def run(args) -> int:
     jax.config.update("jax_compilation_cache_dir", str(w / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     st = Stages(WEIGHTS)
-    facts: dict = {"mode": dc.mode, "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
-                   "cpu_count": os.cpu_count()}  # fmt: skip
+    facts: dict = {
+        "mode": dc.mode,
+        "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
+        "cpu_count": os.cpu_count(),
+    }
 
     st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
     tok = demo_clip.build_tokenizer(dc, w / "tokenizer")
@@ -132,8 +152,11 @@ def run(args) -> int:
         cfg = demo_clip.run_config(dc, loss, dc.clip.finetune_steps, dc.clip.finetune_lr, tok, pre)
         demo_clip.train(cfg, w / "clip" / loss, f"finetune {loss}")
         retrieval[loss] = demo_clip.retrieval(dc, w / "clip" / loss, tok)
-        print(f"[demo] {loss}: i2t_top1={retrieval[loss]['i2t_top1'][0]:.3f} "
-              f"t2i_top1={retrieval[loss]['t2i_top1'][0]:.3f}", flush=True)  # fmt: skip
+        print(
+            f"[demo] {loss}: i2t_top1={retrieval[loss]['i2t_top1'][0]:.3f} "
+            f"t2i_top1={retrieval[loss]['t2i_top1'][0]:.3f}",
+            flush=True,
+        )
     st.done(cehnc_i2t_top1=retrieval[dc.clip.losses[-1]]["i2t_top1"][0])
 
     st.start(
@@ -141,13 +164,15 @@ def run(args) -> int:
     )
     main_clip = w / "clip" / ("cehnc" if "cehnc" in dc.clip.losses else dc.clip.losses[-1])
     test_inputs = zs.clip_inputs(test_s, int(dc.image_size))
-    export = demo_clip.export_check(main_clip, w / "clip" / "cehnc_open_clip.safetensors",
-                                    test_inputs[:4])  # fmt: skip
+    export = demo_clip.export_check(
+        main_clip, w / "clip" / "cehnc_open_clip.safetensors", test_inputs[:4]
+    )
     st.done(max_abs_diff=export["max_abs_diff"])
 
     st.start("zeroshot", f"{z.saliency} → DPFEM → CRF → box → segmenter, prompt {z.prompt!r}")
-    zres = demo_weak.zero_shot(dc, w, main_clip, tok, train_s, test_s, test_inputs,
-                               args.sam_checkpoint)  # fmt: skip
+    zres = demo_weak.zero_shot(
+        dc, w, main_clip, tok, train_s, test_s, test_inputs, args.sam_checkpoint
+    )
     st.done(dice=zres["test_dice"])
 
     st.start("weak", f"ResUNet on the pseudo-masks, seeds {tuple(dc.weak.seeds)}")
@@ -156,8 +181,9 @@ def run(args) -> int:
 
     st.start("report", "tables, t-tests, figures")
     facts.update(stage_seconds=dict(st.times), total_seconds=st.total)
-    md = demo_report.write(w, dc, retrieval=retrieval, export=export, zres=zres, weak=weak,
-                           facts=facts)  # fmt: skip
+    md = demo_report.write(
+        w, dc, retrieval=retrieval, export=export, zres=zres, weak=weak, facts=facts
+    )
     st.done()
     print(f"\n[demo] done in {st.total:.0f} s; report: {md}", flush=True)
     return 0

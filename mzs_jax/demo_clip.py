@@ -78,8 +78,14 @@ def retrieval(
     from mzs_jax.train.clip_task import eval_examples
 
     model, mc = ckpt.restore_model(workdir)
-    ex = eval_examples(f"phantom:{dc.clip.n_captions}", "phantom", "val", mc,
-                       tokenizer=str(tokenizer), seed=int(dc.seed))  # fmt: skip
+    ex = eval_examples(
+        f"phantom:{dc.clip.n_captions}",
+        "phantom",
+        "val",
+        mc,
+        tokenizer=str(tokenizer),
+        seed=int(dc.seed),
+    )
     img, txt = ret.embed(model, ex)
     return ret.summarize(img, txt, batch=int(dc.clip.eval_batch), seeds=int(dc.clip.eval_seeds))
 
@@ -100,14 +106,19 @@ def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -
     convert.save_safetensors(convert.to_open_clip(model), out)
     tmodel = build_open_clip(mc, weights=out)
     with torch.no_grad():
-        t_emb = tmodel.encode_image(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
-                                    normalize=True).numpy()  # fmt: skip
+        t_emb = tmodel.encode_image(
+            torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), normalize=True
+        ).numpy()
     j_emb = np.asarray(model.encode_image(images))
     diff = float(np.abs(t_emb - j_emb).max())
     if not math.isfinite(diff):
         raise ValueError(f"{out}: exported model gives non-finite embeddings in torch")
-    return {"file": str(out), "bytes": out.stat().st_size, "max_abs_diff": diff,
-            "n_images": int(len(images))}  # fmt: skip
+    return {
+        "file": str(out),
+        "bytes": out.stat().st_size,
+        "max_abs_diff": diff,
+        "n_images": int(len(images)),
+    }
 
 
 def save_json(obj, path: pathlib.Path) -> None:

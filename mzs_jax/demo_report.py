@@ -1,5 +1,5 @@
-"""`mzs demo` report: retrieval per loss (Table 1 style), zero-shot vs baselines vs weakly supervised
-IoU/Dice/AUC with t-tests (Table 3 style), pointing game, export check, timings, figures.
+"""`mzs demo` report: retrieval per loss (Table 1 style), zero-shot vs baselines vs weakly
+supervised IoU/Dice/AUC with t-tests (Table 3 style), pointing game, export check, timings, figures.
 Built from F5's report pieces; every number is read from this run's results or CSVs.
 """
 
@@ -39,8 +39,13 @@ def _blend(image: np.ndarray, sal: np.ndarray) -> np.ndarray:
 def _overlays(zres: dict) -> list[dict]:
     items = []
     for o in zres["overlays"]:
-        it = {"image": o["image"], "saliency": _blend(o["image"], o["saliency"]),
-              "mask": o["mask"], "gt": o["gt"], "title": o["id"]}  # fmt: skip
+        it = {
+            "image": o["image"],
+            "saliency": _blend(o["image"], o["saliency"]),
+            "mask": o["mask"],
+            "gt": o["gt"],
+            "title": o["id"],
+        }
         if o["box"] is not None:
             it["box"] = tuple(int(v) for v in o["box"])
         items.append(it)
@@ -64,11 +69,18 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
     evaluate.write_csv(zres["rows"] + weak["rows"], csv_path)
     rows = evaluate.with_class_mean(evaluate.read_csv(csv_path))
     evaluate.write_summary(evaluate.summarize(rows), w / "eval" / "metrics_summary.csv")
-    ret_md = ret.write_tables(list(retrieval.items()), w / "eval" / "retrieval",
-                              seeds=int(dc.clip.eval_seeds), batch=int(dc.clip.eval_batch))  # fmt: skip
+    ret_md = ret.write_tables(
+        list(retrieval.items()),
+        w / "eval" / "retrieval",
+        seeds=int(dc.clip.eval_seeds),
+        batch=int(dc.clip.eval_batch),
+    )
     z = dc.zeroshot
-    seg = zres["segmenter"] + (" (SAM checkpoint given)" if zres["segmenter_is_sam"] else
-                               " (weight-free; pass --sam-checkpoint for SAM)")  # fmt: skip
+    seg = zres["segmenter"] + (
+        " (SAM checkpoint given)"
+        if zres["segmenter_is_sam"]
+        else " (weight-free; pass --sam-checkpoint for SAM)"
+    )
     blocks = [
         ("h", 1, f"mzs demo report ({dc.mode})"),
         ("h", 2, SECTIONS[0]),
@@ -81,7 +93,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
                 [
                     "zero-shot data",
                     f"{z.kind} phantoms, target `{z.structure}`, "
-                    f"{z.n_train} train (pseudo-masks) / {z.n_test} held-out test with ground truth",
+                    f"{z.n_train} train (pseudo-masks) / {z.n_test} held-out test (ground truth)",
                 ],
                 ["prompt", repr(z.prompt)],
                 [
@@ -94,7 +106,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
                 ["machine", f"{facts['devices']}, {facts['cpu_count']} CPU cores"],
                 ["total time", f"{facts['total_seconds']:.0f} s"],
             ],
-        ),  # fmt: skip
+        ),
         ("h", 2, SECTIONS[1]),
         ("p", ret_md.splitlines()[0]),
         (
@@ -104,12 +116,12 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
                 [name, *(f"{100 * r[m][0]:.2f} ± {100 * r[m][1]:.2f}" for m in ret.METRICS)]
                 for name, r in retrieval.items()
             ],
-        ),  # fmt: skip
+        ),
         (
             "p",
             f"Chance top-1 is {100 / min(dc.clip.eval_batch, 1e9):.0f} %. Each loss fine-tunes "
             f"the same pre-trained model for {dc.clip.finetune_steps} steps.",
-        ),  # fmt: skip
+        ),
         ("h", 2, SECTIONS[2]),
         (
             "table",
@@ -122,54 +134,80 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
                     f"{export['max_abs_diff']:.3g}",
                 ]
             ],
-        ),  # fmt: skip
+        ),
         ("h", 2, SECTIONS[3]),
         ("p", "Fraction of held-out cases whose map's maximum lies inside the target."),
         ("table", ["map", "hit rate"], [[k, f"{v:.3f}"] for k, v in zres["pointing"].items()]),
     ]
     header, body, pvals, caption = report.metrics_table(rows, reference=ZERO_SHOT)
-    prior = ("The prompt names no side or zone, so the position prior does not apply."
-             if not zres["position_prior"] else "The position prior boxes the named quadrant.")  # fmt: skip
+    prior = (
+        "The prompt names no side or zone, so the position prior does not apply."
+        if not zres["position_prior"]
+        else "The position prior boxes the named quadrant."
+    )
     blocks += [
         ("h", 2, SECTIONS[4]),
         ("table", header, body),
-        ("p", caption + " Baselines prompt the same segmenter: `whole-body box` with the body's "
-         "box, `random point` with a box of the chain's size around a random body pixel; their "
-         "AUC scores the hard mask. " + prior),
-        ("p", f"Pseudo-mask Dice on the training split (what the ResUNet learns from): "
-         f"{100 * zres['pseudo_train_dice']:.2f}."),
+        (
+            "p",
+            caption + " Baselines prompt the same segmenter: `whole-body box` with the body's "
+            "box, `random point` with a box of the chain's size around a random body pixel; their "
+            "AUC scores the hard mask. " + prior,
+        ),
+        (
+            "p",
+            f"Pseudo-mask Dice on the training split (what the ResUNet learns from): "
+            f"{100 * zres['pseudo_train_dice']:.2f}.",
+        ),
         ("h", 2, SECTIONS[5]),
         ("table", ["dataset", "method", "vs", "metric", "n", "p"], pvals),
-    ]  # fmt: skip
+    ]
     zs_dice = _mean(rows, ZERO_SHOT, "dice")
     base = [m for m in {r["method"] for r in rows} if m not in (ZERO_SHOT, WEAK)]
     beaten = {m: zs_dice > _mean(rows, m, "dice") for m in sorted(base)}
     t = paired_ttest(rows, WEAK, ZERO_SHOT, "dice", class_="mean")
     blocks += [
         ("h", 2, SECTIONS[6]),
-        ("table", ["goal", "measured", "met"], [
-            *[[f"chain beats `{m}` on Dice", f"{100 * zs_dice:.2f} vs "
-               f"{100 * _mean(rows, m, 'dice'):.2f}", "yes" if ok else "no"]
-              for m, ok in beaten.items()],
-            ["ResUNet improves on its pseudo-masks (test Dice)",
-             f"{100 * t.mean_a:.2f} vs {100 * t.mean_b:.2f} (p={t.pvalue:.3g}, n={t.n})",
-             "yes" if t.mean_a > t.mean_b else "no"],
-        ]),
-    ]  # fmt: skip
+        (
+            "table",
+            ["goal", "measured", "met"],
+            [
+                *[
+                    [
+                        f"chain beats `{m}` on Dice",
+                        f"{100 * zs_dice:.2f} vs {100 * _mean(rows, m, 'dice'):.2f}",
+                        "yes" if ok else "no",
+                    ]
+                    for m, ok in beaten.items()
+                ],
+                [
+                    "ResUNet improves on its pseudo-masks (test Dice)",
+                    f"{100 * t.mean_a:.2f} vs {100 * t.mean_b:.2f} (p={t.pvalue:.3g}, n={t.n})",
+                    "yes" if t.mean_a > t.mean_b else "no",
+                ],
+            ],
+        ),
+    ]
     per_class = [r for r in rows if r["class"] != evaluate.CLASS_MEAN]
     box_png = report.box_plots(per_class, out / "box_dice.png", "dice")
     grid_png = report.overlay_grid(_overlays(zres), out / "overlays.png")
     blocks += [
         ("h", 2, SECTIONS[7]),
-        ("p", "Held-out cases: image | saliency (DPFEM-refined, over the image) | box from the "
-         "saliency | mask (red) with the ground-truth contour (green)."),
+        (
+            "p",
+            "Held-out cases: image | saliency (DPFEM-refined, over the image) | box from the "
+            "saliency | mask (red) with the ground-truth contour (green).",
+        ),
         ("img", grid_png.name, "saliency, box and mask over the image"),
         ("img", box_png.name, "per-case Dice per method"),
         ("h", 2, SECTIONS[8]),
-        ("table", ["stage", "seconds"],
-         [[k, f"{v:.1f}"] for k, v in facts["stage_seconds"].items()]
-         + [["total (before report)", f"{facts['total_seconds']:.1f}"]]),
-    ]  # fmt: skip
+        (
+            "table",
+            ["stage", "seconds"],
+            [[k, f"{v:.1f}"] for k, v in facts["stage_seconds"].items()]
+            + [["total (before report)", f"{facts['total_seconds']:.1f}"]],
+        ),
+    ]
     md = out / "report.md"
     md.write_text(report.to_markdown(blocks))
     (out / "report.html").write_text(report.to_html(blocks, f"mzs demo report ({dc.mode})"))

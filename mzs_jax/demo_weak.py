@@ -42,22 +42,34 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, test_inputs, 
         seg_cfg.name = z.segmenter
     segmenter = make_segmenter(seg_cfg)
     pp = zs.pp_config(dc)
-    out_train = [zs.chain(s["image"], m, segmenter, pp) for s, m in zip(train_s, ref_train,
-                                                                       strict=True)]  # fmt: skip
-    out_test = [zs.chain(s["image"], m, segmenter, pp) for s, m in zip(test_s, ref_test,
-                                                                      strict=True)]  # fmt: skip
+    out_train = [
+        zs.chain(s["image"], m, segmenter, pp) for s, m in zip(train_s, ref_train, strict=True)
+    ]
+    out_test = [
+        zs.chain(s["image"], m, segmenter, pp) for s, m in zip(test_s, ref_test, strict=True)
+    ]
     zdir = w / "zeroshot"
     pseudo = zs.write_masks(zdir / "train" / "masks", train_s, [o["mask"] for o in out_train])
-    zs.write_masks(zdir / "test" / ZERO_SHOT.replace(" ", "_"), test_s,
-                   [o["mask"] for o in out_test], ref_test)  # fmt: skip
+    zs.write_masks(
+        zdir / "test" / ZERO_SHOT.replace(" ", "_"), test_s, [o["mask"] for o in out_test], ref_test
+    )
     base = zs.baselines(test_s, out_test, segmenter, z.prompt, int(dc.seed))
     gt_dir = w / "data" / "xray_test" / "gt"
-    rows = evaluate.evaluate_dirs(zdir / "test" / ZERO_SHOT.replace(" ", "_"), gt_dir,
-                                  method=ZERO_SHOT, dataset=DATASET, seed=0)  # fmt: skip
+    rows = evaluate.evaluate_dirs(
+        zdir / "test" / ZERO_SHOT.replace(" ", "_"),
+        gt_dir,
+        method=ZERO_SHOT,
+        dataset=DATASET,
+        seed=0,
+    )
     for name, masks in base["masks"].items():
         # A baseline has no soft map: its AUC is that of the hard mask used as the score.
-        folder = zs.write_masks(zdir / "test" / name.replace(" ", "_"), test_s, masks,
-                                [m.astype(np.float32) for m in masks])  # fmt: skip
+        folder = zs.write_masks(
+            zdir / "test" / name.replace(" ", "_"),
+            test_s,
+            masks,
+            [m.astype(np.float32) for m in masks],
+        )
         rows += evaluate.evaluate_dirs(folder, gt_dir, method=name, dataset=DATASET, seed=0)
     gts = [s["gt"] for s in test_s]
     h, w_ = gts[0].shape
@@ -68,8 +80,9 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, test_inputs, 
         "random body point": float(np.mean(rand_hits)),
         "image centre": float(np.mean([g[h // 2, w_ // 2] for g in gts])),
     }
-    pseudo_dice = np.mean([evaluate.dice(o["mask"], s["gt"]) for o, s in zip(out_train, train_s,
-                                                                               strict=True)])  # fmt: skip
+    pseudo_dice = np.mean(
+        [evaluate.dice(o["mask"], s["gt"]) for o, s in zip(out_train, train_s, strict=True)]
+    )
     return {
         "rows": rows,
         "segmenter": segmenter.name,
@@ -88,7 +101,7 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, test_inputs, 
                 "mask": out_test[i]["mask"],
                 "gt": s["gt"],
                 "id": s["id"],
-            }  # fmt: skip
+            }
             for i, s in enumerate(test_s[: int(z.n_overlays)])
         ],
         "position_prior": "position prior" in base["masks"],
@@ -128,6 +141,7 @@ def weak_stage(dc, w: pathlib.Path, zres: dict) -> dict:
         weak.train(weak_config(dc, w, seed), wd)
         pred = wd / "pred"
         weak.predict_folder(wd, test_images, pred)
-        rows += evaluate.evaluate_dirs(pred, gt_dir, method=WEAK, dataset=DATASET, seed=seed,
-                                       classes=[1])  # fmt: skip
+        rows += evaluate.evaluate_dirs(
+            pred, gt_dir, method=WEAK, dataset=DATASET, seed=seed, classes=[1]
+        )
     return {"rows": rows, "mean_dice": float(np.mean([r["dice"] for r in rows]))}

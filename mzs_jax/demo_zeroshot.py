@@ -23,8 +23,9 @@ def make_split(dc, n: int, start: int, folder: pathlib.Path) -> list[dict]:
     from mzs_jax.data.phantom_formats import to_uint8
 
     z = dc.zeroshot
-    samples = phantom.generate(z.kind, n, seed=int(z.data_seed), size=int(dc.image_size),
-                               start=start)  # fmt: skip
+    samples = phantom.generate(
+        z.kind, n, seed=int(z.data_seed), size=int(dc.image_size), start=start
+    )
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "gt").mkdir(parents=True, exist_ok=True)
     for s in samples:
@@ -108,8 +109,12 @@ def chain(image: np.ndarray, prob: np.ndarray, segmenter, cfg) -> dict:
     if r.empty:
         return {"box": None, "mask": np.zeros(prob.shape, bool), "crf": r.prob, "note": "no_box"}
     mask = segmenter.segment(image, r.boxes, init_mask=r.mask)
-    return {"box": r.boxes[0], "mask": np.asarray(mask, bool), "crf": r.prob,
-            "note": getattr(segmenter, "last_note", "")}  # fmt: skip
+    return {
+        "box": r.boxes[0],
+        "mask": np.asarray(mask, bool),
+        "crf": r.prob,
+        "note": getattr(segmenter, "last_note", ""),
+    }
 
 
 def body_mask(image: np.ndarray) -> np.ndarray:
@@ -159,14 +164,19 @@ def baselines(samples, chain_out: list[dict], segmenter, prompt: str, seed: int)
         j = int(rng.integers(len(ys)))
         points.append((int(ys[j]), int(xs[j])))
         h, w = body.shape
-        bw, bh = ((c["box"][2] - c["box"][0]), (c["box"][3] - c["box"][1])) if c["box"] is not \
-            None else (w // 2, h // 2)  # fmt: skip
+        bw, bh = (
+            ((c["box"][2] - c["box"][0]), (c["box"][3] - c["box"][1]))
+            if c["box"] is not None
+            else (w // 2, h // 2)
+        )
         x0, y0 = int(np.clip(xs[j] - bw // 2, 0, w - bw)), int(np.clip(ys[j] - bh // 2, 0, h - bh))
         out["random point"].append(segmenter.segment(img, np.array([x0, y0, x0 + bw, y0 + bh])))
         if "position prior" in out:
             out["position prior"].append(segmenter.segment(img, prior_box(body, side, zone)))
-    return {"masks": {k: [np.asarray(m, bool) for m in v] for k, v in out.items()},
-            "points": points}  # fmt: skip
+    return {
+        "masks": {k: [np.asarray(m, bool) for m in v] for k, v in out.items()},
+        "points": points,
+    }
 
 
 def pointing_game(maps: np.ndarray, gts: list[np.ndarray]) -> float:
