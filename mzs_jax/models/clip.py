@@ -16,6 +16,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from mzs_jax.models.bert import TextTower
+from mzs_jax.models.context import default_config as context_defaults
 from mzs_jax.models.vit import VisionTransformer
 
 MODEL_NAMES = ("biomedclip", "tiny")
@@ -31,7 +32,8 @@ def model_config(name: str) -> ConfigDict:
     c.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"
     c.logit_scale_init = math.log(1 / 0.07)
-    c.context = ConfigDict({"enabled": False})  # metadata encoder (models/context.py), not exported
+    # Metadata encoder (models/context.py, disabled by default); not part of an open_clip export.
+    c.context = context_defaults()
     if name == "biomedclip":
         c.embed_dim = 512
         c.vision = ConfigDict(
