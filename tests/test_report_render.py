@@ -73,6 +73,7 @@ def test_every_table_number_traces_to_the_csv(metrics_csv, tmp_path):
     for dataset, method, ref, metric, n, p in _table(md, "dataset | method | vs"):
         t = paired_ttest(rows, method, ref, metric, dataset=dataset, class_="mean")
         assert int(n) == t.n and float(p) == pytest.approx(t.pvalue, rel=1e-3)
+    assert report._p(float("nan")) == "n/a"
     per_class = _table(md, "dataset | method | class")
     assert len(per_class) == 2 * 2 * 3
     for dataset, method, cls, metric, n, n_nan, _, cell in per_class:

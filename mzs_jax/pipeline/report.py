@@ -35,6 +35,10 @@ def _pm(mean: float, std: float, scale: float) -> str:
     return f"{mean * scale:.2f} ± {std * scale:.2f}"
 
 
+def _p(p: float) -> str:
+    return "n/a" if p != p else f"{p:.4g}"
+
+
 def metrics_table(
     rows: list[dict],
     *,
@@ -66,7 +70,7 @@ def metrics_table(
             if reference and method != reference and (reference, dataset, metric) in by_key:
                 t = paired_ttest(rows, method, reference, metric, dataset=dataset, class_=class_)
                 mark = significance_mark(t.pvalue)
-                pvals.append([dataset, method, reference, metric, str(t.n), f"{t.pvalue:.4g}"])
+                pvals.append([dataset, method, reference, metric, str(t.n), _p(t.pvalue)])
             cells.append(_pm(mean, std, scale) + mark)
         body.append(cells)
     caption = (
