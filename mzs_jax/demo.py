@@ -130,21 +130,33 @@ def run(args) -> int:
         "cpu_count": os.cpu_count(),
     }
 
+    shipped = demo_clip.shipped_checkpoint()
+    live = args.from_scratch or shipped is None
     st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
-    tok = demo_clip.build_tokenizer(dc, w / "tokenizer")
+    if live:
+        tok = demo_clip.build_tokenizer(dc, w / "tokenizer")
+    else:
+        tok = shutil.copytree(shipped / "tokenizer", w / "tokenizer")
     z = dc.zeroshot
     train_s = zs.make_split(dc, int(z.n_train), 0, w / "data" / "xray_train")
     test_s = zs.make_split(dc, int(z.n_test), int(z.n_train), w / "data" / "xray_test")
     st.done(captions=int(dc.clip.n_captions), train=len(train_s), test=len(test_s))
 
-    st.start("pretrain", f"tiny CLIP from random init, infonce, {dc.clip.pretrain_steps} steps")
     pre = w / "clip" / "pretrained"
-    cfg = demo_clip.run_config(
-        dc, "infonce", dc.clip.pretrain_steps, dc.clip.pretrain_lr, tok, None
-    )
-    demo_clip.train(cfg, pre, "pretrain")
+    if live:
+        why = "--from-scratch" if args.from_scratch else "no shipped checkpoint"
+        st.start("pretrain", f"tiny CLIP from random init ({why}), {dc.clip.pretrain_steps} steps")
+        cfg = demo_clip.run_config(
+            dc, "infonce", dc.clip.pretrain_steps, dc.clip.pretrain_lr, tok, None
+        )
+        demo_clip.train(cfg, pre, "pretrain")
+        facts["clip_init"] = (
+            f"pre-trained live in this run ({dc.clip.pretrain_steps} steps, infonce, {why})"
+        )
+    else:
+        st.start("pretrain", f"shipped phantom CLIP {shipped} (--from-scratch retrains it)")
+        facts["clip_init"] = demo_clip.import_shipped(shipped, pre)
     retrieval = {"pre-trained (no fine-tuning)": demo_clip.retrieval(dc, pre, tok)}
-    facts["clip_init"] = f"pre-trained live in this run ({dc.clip.pretrain_steps} steps, infonce)"
     st.done(i2t_top1=retrieval["pre-trained (no fine-tuning)"]["i2t_top1"][0])
 
     st.start("finetune", f"fine-tune with {', '.join(dc.clip.losses)}")
@@ -170,9 +182,7 @@ def run(args) -> int:
     st.done(max_abs_diff=export["max_abs_diff"])
 
     st.start("zeroshot", f"{z.saliency} → DPFEM → CRF → box → segmenter, prompt {z.prompt!r}")
-    zres = demo_weak.zero_shot(
-        dc, w, main_clip, tok, train_s, test_s, test_inputs, args.sam_checkpoint
-    )
+    zres = demo_weak.zero_shot(dc, w, main_clip, tok, train_s, test_s, args.sam_checkpoint)
     st.done(dice=zres["test_dice"])
 
     st.start("weak", f"ResUNet on the pseudo-masks, seeds {tuple(dc.weak.seeds)}")

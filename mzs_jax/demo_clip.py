@@ -13,6 +13,40 @@ import numpy as np
 
 from mzs_jax.train.defaults import clip_config
 
+SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "weights" / "phantom_clip"
+
+
+def shipped_checkpoint() -> pathlib.Path | None:
+    """`weights/phantom_clip` (model.safetensors + tokenizer/ + README.md) if present."""
+    ok = (SHIPPED / "model.safetensors").is_file() and (SHIPPED / "tokenizer").is_dir()
+    return SHIPPED if ok else None
+
+
+def import_shipped(folder: pathlib.Path, workdir: pathlib.Path) -> str:
+    """Load the shipped open_clip safetensors into a tiny CLIP workdir (as `mzs import` does);
+    returns a one-line description naming the file and how it was trained."""
+    from mzs_jax import convert
+    from mzs_jax.models import clip
+    from mzs_jax.train.checkpoint import save_model
+
+    path = folder / "model.safetensors"
+    mc = clip.model_config("tiny")
+    try:
+        model = convert.from_open_clip(convert.load_state_dict_file(path), mc)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    save_model(workdir, model, mc, step=0)
+    info = folder / "README.md"
+    cmd = (
+        next(
+            (ln.strip() for ln in info.read_text().splitlines() if "mzs train-clip" in ln),
+            "see README.md",
+        )
+        if info.is_file()
+        else "README.md missing"
+    )
+    return f"shipped checkpoint {path.name} ({path.stat().st_size} bytes), trained by: {cmd}"
+
 
 def build_tokenizer(dc: ml_collections.ConfigDict, out_dir: pathlib.Path) -> pathlib.Path:
     """WordPiece vocabulary (F1) trained on the training captions of the demo's caption set."""

@@ -17,7 +17,7 @@ ZERO_SHOT = "zero-shot chain"
 WEAK = "weak ResUNet"
 
 
-def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, test_inputs, sam_checkpoint):
+def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoint):
     """Saliency → DPFEM → CRF → box → segmenter on both splits; baselines on the test split.
     Writes masks under `w/zeroshot/{train,test}/...` and the per-case CSV rows to
     `w/eval/metrics.csv`. Returns everything the report needs."""
@@ -25,12 +25,11 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, test_inputs, 
     from mzs_jax.train.checkpoint import restore_model
 
     z = dc.zeroshot
-    model, _ = restore_model(clip_dir)
+    model, model_cfg = restore_model(clip_dir)
     text = zs.prompt_embedding(model, tok, z.prompt)
-    size = int(dc.image_size)
-    train_inputs = zs.clip_inputs(train_s, size)
-    raw_train = zs.saliency_maps(model, train_inputs, text, z)
-    raw_test = zs.saliency_maps(model, test_inputs, text, z)
+    s2 = zs.stage2_config(dc)
+    raw_train = zs.saliency_maps(model, model_cfg, train_s, text, s2, w / "zeroshot")
+    raw_test = zs.saliency_maps(model, model_cfg, test_s, text, s2, w / "zeroshot")
     dpfem = zs.train_dpfem(train_s, raw_train, dc, w / "zeroshot" / "dpfem")
     ref_train = zs.refine_maps(dpfem, train_s, raw_train)
     ref_test = zs.refine_maps(dpfem, test_s, raw_test)
@@ -41,7 +40,7 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, test_inputs, 
     else:
         seg_cfg.name = z.segmenter
     segmenter = make_segmenter(seg_cfg)
-    pp = zs.pp_config(dc)
+    pp = s2.postprocess
     out_train = [
         zs.chain(s["image"], m, segmenter, pp) for s, m in zip(train_s, ref_train, strict=True)
     ]

@@ -45,24 +45,35 @@ def clip_inputs(samples: list[dict], size: int) -> np.ndarray:
     return np.stack([to_input.map({"image": s["image"]})["image"] for s in samples])
 
 
+def stage2_config(dc) -> ml_collections.ConfigDict:
+    """F4's `mzs segment` config (`pipeline.zeroshot.default_config`) with the demo's choices."""
+    from mzs_jax.pipeline.zeroshot import default_config
+
+    z = dc.zeroshot
+    c = default_config()
+    c.saliency.method, c.saliency.topk = z.saliency, int(z.topk)
+    c.saliency.layer, c.saliency.point = int(z.layer), z.point
+    c.postprocess.box_mode = z.box_mode
+    return c
+
+
 def prompt_embedding(model, tokenizer_dir: pathlib.Path, prompt: str) -> np.ndarray:
-    """L2-normalised text embedding `(E,)` of `prompt` with the demo tokenizer."""
+    """L2-normalised text embedding `(E,)` of `prompt` with the demo tokenizer (F4's encoder)."""
     from mzs_jax.data.tokenizer import load_tokenizer
+    from mzs_jax.pipeline.zeroshot import encode_prompts
 
-    tok = load_tokenizer(tokenizer_dir, model.text.context_length)(prompt)
-    return np.asarray(model.encode_text(tok["input_ids"], tok["attention_mask"]))[0]
+    tok = load_tokenizer(tokenizer_dir, int(model.text.context_length))
+    return encode_prompts(model, tok, {"target": prompt})["target"]
 
 
-def saliency_maps(model, images: np.ndarray, text: np.ndarray, z, chunk: int = 32) -> np.ndarray:
-    """JAX saliency (F4) `(B, S, S)` in [0, 1], in chunks of `chunk` images."""
-    from mzs_jax.pipeline.saliency import saliency
+def saliency_maps(model, model_cfg, samples, text: np.ndarray, cfg, workdir) -> np.ndarray:
+    """Saliency `(B, S, S)` in [0, 1] with F4's configured backend/method, one prompt for all."""
+    from mzs_jax.pipeline.zeroshot import compute_saliency
 
-    out = []
-    for i in range(0, len(images), chunk):
-        imgs = images[i : i + chunk]
-        txt = np.repeat(text[None], len(imgs), 0)
-        out.append(np.asarray(saliency(model, imgs, txt, z.saliency, topk=int(z.topk))))
-    return np.concatenate(out)
+    images = [s["image"] for s in samples]
+    return compute_saliency(
+        model, model_cfg, images, np.repeat(text[None], len(images), 0), cfg, workdir
+    )
 
 
 def train_dpfem(samples, sal: np.ndarray, dc, workdir: pathlib.Path):
@@ -94,12 +105,6 @@ def refine_maps(model, samples, sal: np.ndarray) -> np.ndarray:
 
     images = np.stack([s["image"] for s in samples]).astype(np.float32)
     return refine_saliency(model, images, sal)
-
-
-def pp_config(dc) -> ml_collections.ConfigDict:
-    cfg = postprocess.default_config()
-    cfg.box_mode = dc.zeroshot.box_mode
-    return cfg
 
 
 def chain(image: np.ndarray, prob: np.ndarray, segmenter, cfg) -> dict:

@@ -1,0 +1,118 @@
+"""`mzs demo --quick` end to end: the report exists and every section holds real, finite numbers."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+from demo_run import quick_demo
+from PIL import Image
+
+from mzs_jax import demo, demo_report
+from mzs_jax import demo_zeroshot as zs
+
+
+def _sections(md: str) -> dict[str, str]:
+    parts = re.split(r"^## (.+)$", md, flags=re.M)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def _table(text: str) -> list[list[str]]:
+    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in r.strip("|").split("|")] for r in rows[2:]]  # skip header + rule
+
+
+def _number(cell: str) -> float:
+    """'12.34 ± 1.20**' -> 12.34; '0.5' -> 0.5; anything else raises."""
+    m = re.fullmatch(r"(-?[0-9.]+(?:e[-+]?\d+)?)(?: ± [0-9.]+(?:e[-+]?\d+)?)?\**", cell)
+    if not m:
+        raise AssertionError(f"not a number: {cell!r}")
+    return float(m.group(1))
+
+
+@pytest.mark.slow
+def test_quick_demo_report_has_every_section_filled_with_finite_numbers():
+    work, out = quick_demo()
+    assert "[demo] stage 1/7 data" in out and "ETA" in out
+    md = (work / "report" / "report.md").read_text()
+    assert (work / "report" / "report.html").is_file()
+    secs = _sections(md)
+    assert list(secs) == list(demo_report.SECTIONS)
+    for word in ("n/a", "TODO", "placeholder"):
+        assert word not in md
+
+    ret = _table(secs["Stage 1: retrieval per loss"])
+    assert [r[0] for r in ret] == [
+        "pre-trained (no fine-tuning)",
+        "infonce",
+        "dcl",
+        "hn_nce",
+        "dhn_nce",
+        "cehnc",
+    ]
+    vals = [_number(c) for r in ret for c in r[1:]]
+    assert len(vals) == 24 and all(0 <= v <= 100 for v in vals)
+
+    (export,) = _table(secs["Export to PyTorch"])
+    assert int(export[1]) > 0 and _number(export[3]) < 1e-4  # torch reproduces the JAX model
+
+    for _, hit in _table(secs["Stage 2: pointing game"]):
+        assert 0.0 <= _number(hit) <= 1.0
+
+    seg = _table(secs["Segmentation: zero-shot vs baselines vs weakly supervised"])
+    methods = {r[1] for r in seg}
+    assert {"zero-shot chain", "weak ResUNet", "whole-body box", "random point"} <= methods
+    for r in seg:
+        assert all(math.isfinite(_number(c)) for c in r[2:5]), r
+
+    pvals = [float(r[5]) for r in _table(secs["Paired t-tests"])]
+    assert pvals and any(math.isfinite(p) for p in pvals)
+
+    goals = _table(secs["Goals, as measured"])
+    assert goals and all(r[2] in ("yes", "no") for r in goals)
+
+    for png in ("overlays.png", "box_dice.png"):
+        with Image.open(work / "report" / png) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+            assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
+
+    times = [_number(r[1]) for r in _table(secs["Timings"])]
+    assert all(t >= 0 for t in times)
+
+
+def test_prepare_workdir_refuses_a_folder_not_made_by_the_demo(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not made by `mzs demo`"):
+        demo.prepare_workdir(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_prepare_workdir_replaces_only_a_previous_demo_run(tmp_path):
+    demo.prepare_workdir(tmp_path)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "old.md").write_text("old")
+    (tmp_path / "notes.txt").write_text("user file")
+    demo.prepare_workdir(tmp_path)
+    assert not (tmp_path / "report").exists() and (tmp_path / "notes.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("nodule in the right lower lung zone", ("right", "lower")),
+        ("Chest X-ray showing clear lungs", (None, None)),
+        ("opacity in the LEFT lung", ("left", None)),
+    ],
+)
+def test_prompt_position_reads_side_and_zone_words(prompt, expected):
+    assert zs.prompt_position(prompt) == expected
+
+
+def test_prior_box_is_the_named_quadrant_of_the_body_box():
+    body = np.zeros((40, 40), bool)
+    body[4:36, 8:32] = True
+    assert zs.prior_box(body, "right", "upper").tolist() == [8, 4, 20, 20]  # image left
+    assert zs.prior_box(body, "left", "lower").tolist() == [20, 20, 32, 36]
+    assert zs.prior_box(body, None, None).tolist() == [8, 4, 32, 36]
