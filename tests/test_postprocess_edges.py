@@ -78,10 +78,20 @@ def test_crf_cleans_a_noisy_circle():
     image = np.clip(np.repeat(image, 3, -1), 0, 1)
     prob = np.clip(np.where(truth, 0.7, 0.3) + 0.35 * rng.standard_normal((h, w)), 0, 1)
     noisy_acc = ((prob > 0.5) == truth).mean()
-    refined = pp.dense_crf(image, prob, iterations=5)
+    refined = pp.dense_crf(
+        image,
+        prob,
+        iterations=5,
+        gaussian_sxy=3,
+        gaussian_compat=3,
+        bilateral_sxy=40,
+        bilateral_srgb=13,
+        bilateral_compat=10,
+    )
+    ref_acc = ((pp.dense_crf(image, prob) > 0.5) == truth).mean()  # reference defaults
     crf_acc = ((refined > 0.5) == truth).mean()
     assert refined.shape == (h, w) and refined.dtype == np.float32
-    assert noisy_acc < 0.9 and crf_acc > 0.98, (noisy_acc, crf_acc)
+    assert noisy_acc < 0.9 and crf_acc > 0.98 and ref_acc > noisy_acc, (noisy_acc, crf_acc, ref_acc)
 
 
 def test_refine_box_matches_a_clean_blob_on_a_non_square_image():

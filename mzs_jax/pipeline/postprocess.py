@@ -15,31 +15,37 @@ from ml_collections import ConfigDict
 _EPS = 1e-6
 
 
+# MedCLIP-SAMv2's postprocess_saliency_maps.py values (reference §4.1): one mean-field iteration,
+# Gaussian sxy 5 / compat 3, bilateral sxy 5 / srgb 3 / compat 5. The one source of these numbers.
+CRF_DEFAULTS = dict(
+    iterations=1,
+    gaussian_sxy=5.0,
+    gaussian_compat=3.0,
+    bilateral_sxy=5.0,
+    bilateral_srgb=3.0,
+    bilateral_compat=5.0,
+    clip=1e-5,
+)
+
+
 def default_config() -> ConfigDict:
     """Post-processing hyperparameters (`config.postprocess` in `configs/zeroshot_*.py`)."""
     return ConfigDict(
         {
-            "crf": {
-                "enabled": True,
-                "iterations": 5,
-                "gaussian_sxy": 3.0,
-                "gaussian_compat": 3.0,
-                "bilateral_sxy": 40.0,
-                "bilateral_srgb": 13.0,
-                "bilateral_compat": 10.0,
-                "clip": 1e-5,
-            },
+            "crf": {"enabled": True, **CRF_DEFAULTS},
+            # A map whose range is below this counts as constant and is not stretched by min–max.
+            "min_range": 1e-3,
             "threshold": 0.5,
             "closing_kernel": 3,
-            # "union": one box around all foreground (the paper); "components": one box per connected
-            # component whose area ≥ min_area_fraction of the foreground; "largest": largest component.
+            # "union": one box around all foreground (the paper); "components": one box per
+            # connected component with area ≥ min_area_fraction of the foreground; "largest".
             "box_mode": "union",
             "min_area_fraction": 0.1,
         }
     )
 
 
-def minmax(x: np.ndarray) -> np.ndarray:
+def minmax(x: np.ndarray, min_range: float = _EPS) -> np.ndarray:
     """Min–max normalise a map to [0, 1], `(H, W)` float32.
 
     A constant map carries no ranking, so it is not stretched: its values are kept, clipped to
@@ -49,7 +55,7 @@ def minmax(x: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError("saliency map contains NaN or inf")
     lo, hi = float(x.min()), float(x.max())
-    if hi - lo < _EPS:
+    if hi - lo < min_range:
         return np.clip(x, 0.0, 1.0)
     return (x - lo) / (hi - lo)
 
@@ -72,13 +78,13 @@ def dense_crf(
     image: np.ndarray,
     prob: np.ndarray,
     *,
-    iterations: int = 5,
-    gaussian_sxy: float = 3.0,
-    gaussian_compat: float = 3.0,
-    bilateral_sxy: float = 40.0,
-    bilateral_srgb: float = 13.0,
-    bilateral_compat: float = 10.0,
-    clip: float = 1e-5,
+    iterations: int = CRF_DEFAULTS["iterations"],
+    gaussian_sxy: float = CRF_DEFAULTS["gaussian_sxy"],
+    gaussian_compat: float = CRF_DEFAULTS["gaussian_compat"],
+    bilateral_sxy: float = CRF_DEFAULTS["bilateral_sxy"],
+    bilateral_srgb: float = CRF_DEFAULTS["bilateral_srgb"],
+    bilateral_compat: float = CRF_DEFAULTS["bilateral_compat"],
+    clip: float = CRF_DEFAULTS["clip"],
     enabled: bool = True,
 ) -> np.ndarray:
     """Two-label fully connected CRF (Krähenbühl & Koltun) on a foreground probability.
@@ -189,15 +195,16 @@ class Refined:
 
 
 def refine(image: np.ndarray, saliency: np.ndarray, cfg: ConfigDict | None = None) -> Refined:
-    """Paper steps on one `(H, W)` saliency: min–max → [CRF] → threshold → closing → box(es).
+    """Paper order on one `(H, W)` saliency: [CRF] → min–max → threshold → closing → box(es).
 
-    The CRF marginal is already a probability, so it is thresholded as is: re-stretching a
-    near-constant marginal (e.g. of an all-zeros map) would invent foreground from round-off.
+    The CRF's unary needs a probability, so the map is min–maxed before it as well. A CRF
+    marginal whose range is below `min_range` counts as constant and is not stretched (that would
+    turn round-off of an all-zeros map into foreground).
     """
     cfg = cfg if cfg is not None else default_config()
     prob = minmax(saliency)
     if cfg.crf.enabled:
-        prob = dense_crf(image, prob, **cfg.crf.to_dict())
+        prob = minmax(dense_crf(image, prob, **cfg.crf.to_dict()), cfg.min_range)
     mask = binarize(prob, cfg.threshold, cfg.closing_kernel)
     boxes = tightest_box(mask, mode=cfg.box_mode, min_area_fraction=cfg.min_area_fraction)
     return Refined(prob=prob, mask=mask, boxes=boxes)
