@@ -41,6 +41,7 @@ def _log(workdir):
     return [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~20 s on an idle 2-core CPU (6 epochs, per-epoch validation, predict)
 def test_train_weak_loss_falls_and_validates_against_gt(folders, tmp_path, repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
     w = tmp_path / "w"
@@ -104,6 +105,7 @@ def test_without_gt_validation_uses_held_out_pseudo_masks(
     assert not held_out & set(task.train_ids) and len(held_out | set(task.train_ids)) == 24
 
 
+@pytest.mark.slow  # three short runs of the engine
 def test_interrupted_then_resumed_run_equals_uninterrupted(
     folders, tmp_path, repo_root, monkeypatch
 ):

@@ -214,7 +214,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dic
     """Train per `config` (configs/weak_*.py) into `workdir`; resumes if checkpoints exist."""
     from mzs_jax.train.loop import fit
 
-    return fit(WeakTask(config), config, workdir, name="train-weak")
+    task = WeakTask(config)
+    if task.val is None and config.checkpoint.best_metric:
+        print(
+            f"[train-weak] no validation cases (data.val_fraction={config.data.val_fraction}, "
+            "no data.gt_masks): keeping the latest checkpoints, not the best",
+            flush=True,
+        )
+        config = config.copy_and_resolve_references()
+        config.checkpoint.best_metric = ""
+    return fit(task, config, workdir, name="train-weak")
 
 
 def best_step(workdir, metric: str = "val/dice") -> int | None:
