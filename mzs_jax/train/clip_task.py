@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -17,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from mzs_jax.data.transforms import ToClipInput
+from mzs_jax.train import clip_context
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -30,6 +32,8 @@ def clip_model_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
     if not 0 < config.temperature_init <= 1:
         raise ValueError(f"config.temperature_init={config.temperature_init} must be in (0, 1]")
     mc.logit_scale_init = math.log(1.0 / config.temperature_init)
+    if mc.context.enabled:
+        clip_context.with_default_vocab(mc.context)
     return mc
 
 
@@ -96,25 +100,35 @@ def _barrier(name: str) -> None:
 
 class ToClipExample(grain.transforms.Map):
     """`{"image", "caption", ...}` -> `{"image" (S,S,3) f32 CLIP-normalised, "input_ids" (L,),
-    "attention_mask" (L,)}`; strings and metadata are dropped."""
+    "attention_mask" (L,)}`; strings are dropped. With `context_cfg` (`model.context`, enabled)
+    the metadata becomes `"context"`: a dict of arrays (`clip_context.MetadataArrays`)."""
 
-    def __init__(self, tokenizer, image_size: int):
+    def __init__(self, tokenizer, image_size: int, context_cfg=None):
         self.tokenizer, self.to_input = tokenizer, ToClipInput(image_size)
+        self.context = (
+            None if context_cfg is None else clip_context.MetadataArrays(context_cfg, tokenizer)
+        )
 
-    def map(self, element: dict[str, Any]) -> dict[str, np.ndarray]:
+    def map(self, element: dict[str, Any]) -> dict[str, Any]:
         tokens = self.tokenizer([element["caption"]])
-        return {
+        out = {
             "image": self.to_input.map({"image": element["image"]})["image"],
             "input_ids": np.asarray(tokens["input_ids"][0], np.int32),
             "attention_mask": np.asarray(tokens["attention_mask"][0], np.int32),
         }
+        if self.context is not None:
+            out["context"] = self.context(element.get("metadata"))
+        return out
 
 
-def _examples(src, tokenizer, model_config, limit: int = 0) -> grain.MapDataset:
+def _examples(
+    src, tokenizer, model_config, limit: int = 0, *, context: bool = False
+) -> grain.MapDataset:
     ds = grain.MapDataset.source(src)
     if limit > 0:
         ds = ds[:limit]
-    return ds.map(ToClipExample(tokenizer, model_config.vision.image_size))
+    ctx = model_config.context if context and model_config.context.enabled else None
+    return ds.map(ToClipExample(tokenizer, model_config.vision.image_size, ctx))
 
 
 def eval_examples(
@@ -137,6 +151,27 @@ def eval_examples(
 
 
 # ------------------------------------------------------------------------------------ task
+
+
+def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.Array, dict]:
+    """The stage 1 objective: `loss(img, txt, τ)` on the two L2-normalised `(B, E)` embeddings.
+
+    `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
+    open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
+    A model with a context encoder (`model.context.enabled`) needs `batch["context"]` (metadata
+    arrays, `clip_context.MetadataArrays`) and fuses it into both embeddings before the loss.
+    """
+    img = model.encode_image(batch["image"])
+    txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    if getattr(model, "context", None) is not None:
+        if "context" not in batch:
+            raise ValueError(
+                "model.context.enabled=True but the batch has no 'context' metadata arrays"
+            )
+        img, txt = clip_context.fuse_batch(model, img, txt, batch["context"])
+    scale = model.logit_scale[...].astype(jnp.float32)
+    temperature = jnp.exp(-scale)
+    return loss(img, txt, temperature), {"temperature": temperature}
 
 
 class ClipTask:
@@ -197,16 +232,12 @@ class ClipTask:
             print(f"[train-clip] initialised from {self.config.init}")
 
     def loss_fn(self, model, batch, rng):
-        img = model.encode_image(batch["image"])
-        txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        # open_clip: logits = exp(logit_scale) * cos, i.e. τ = 1 / exp(logit_scale).
-        scale = model.logit_scale[...].astype(jnp.float32)
-        temperature = jnp.exp(-scale)
-        loss = self._loss(img, txt, temperature)
-        return loss, {"temperature": temperature}
+        return clip_loss(model, batch, self._loss)
 
     def train_dataset(self, config) -> grain.MapDataset:
-        return _examples(self.train_src, self.tokenizer, self.model_config, config.data.limit)
+        return _examples(
+            self.train_src, self.tokenizer, self.model_config, config.data.limit, context=True
+        )
 
     def evaluate(self, model, epoch: int) -> dict[str, float]:
         from mzs_jax.pipeline import retrieval

@@ -1,0 +1,105 @@
+"""Context encoder in stage 1 CLIP training: phantom metadata reaches the loss through grain, a
+CEHNC run with context trains and its gates get gradient; with context disabled nothing changes."""
+
+import runpy
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from mzs_jax import losses
+from mzs_jax.train import checkpoint as ckpt
+from mzs_jax.train import clip_context
+from mzs_jax.train.clip_task import ClipTask, clip_loss
+from mzs_jax.train.loop import fit
+from mzs_jax.train.mesh import make_mesh
+
+
+def _config(repo_root, enabled: bool = True):
+    cfg = runpy.run_path(str(repo_root / "configs" / "clip_cehnc.py"))["get_config"]()
+    cfg.model = "tiny"
+    cfg.model_overrides.context.enabled = enabled
+    cfg.data.path = "phantom:24"
+    cfg.data.val_fraction = 0.0
+    cfg.mesh.data, cfg.mesh.fsdp = 2, 1
+    cfg.batch_size, cfg.total_steps = 8, 2
+    cfg.optimizer.lr = 1e-2
+    cfg.checkpoint.every_steps, cfg.checkpoint.best_metric = 1000, ""
+    return cfg
+
+
+def _first_batch(task, cfg, n=8):
+    return jax.tree.map(jnp.asarray, task.train_dataset(cfg).batch(n)[0])
+
+
+def test_phantom_metadata_becomes_context_arrays(tmp_path, repo_root):
+    cfg = _config(repo_root)
+    task = ClipTask(cfg, tmp_path)
+    vocab = task.model_config.context.vocab
+    ex = task.train_dataset(cfg)[0]
+    md = task.train_src[0]["metadata"]
+    ctx = ex["context"]
+    want = list(vocab.modality).index(clip_context.normalise(md["modality"])) + 1
+    assert int(ctx["modality"]) == want > 0
+    assert int(ctx["body_region"]) > 0 and int(ctx["sex"]) > 0
+    assert float(ctx["age"]) == md["age"] and bool(ctx["age_present"])
+    assert bool(ctx["history_present"]) and ctx["history_ids"].shape == ex["input_ids"].shape
+    # Missing metadata: every field missing, history mask still valid for the text tower.
+    empty = clip_context.MetadataArrays(task.model_config.context, task.tokenizer)({})
+    assert all(int(empty[k]) == 0 for k in ("modality", "body_region", "sex"))
+    assert not empty["age_present"] and not empty["history_present"]
+    assert empty["history_mask"].sum() > 0
+    # A value outside the vocabulary is missing; a too-small table is refused, naming the key.
+    assert int(clip_context.MetadataArrays(task.model_config.context, None)(
+        {"modality": "thermography"})["modality"]) == 0  # fmt: skip
+    bad = task.model_config.context.copy_and_resolve_references()
+    bad.categorical.sex = 2
+    with pytest.raises(ValueError, match="model.context.vocab.sex"):
+        clip_context.with_default_vocab(bad)
+
+
+def test_cehnc_run_with_context_trains_and_gates_get_gradient(tmp_path, repo_root):
+    cfg = _config(repo_root)
+    task = ClipTask(cfg, tmp_path)
+    task.evaluate = None
+    task.bind_mesh(make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1})))  # dense loss
+    model = task.build_model(nnx.Rngs(cfg.seed))
+    assert model.context is not None
+    batch = _first_batch(task, cfg)
+    grads = nnx.grad(lambda m: task.loss_fn(m, batch, None)[0])(model)
+    g_img, g_txt = float(grads.context.gate_img[...]), float(grads.context.gate_txt[...])
+    assert np.isfinite([g_img, g_txt]).all() and g_img != 0 and g_txt != 0, (g_img, g_txt)
+
+    last = fit(task, cfg, tmp_path / "run")  # 2 steps, CEHNC global-batch form on 2 devices
+    assert np.isfinite(last["loss"])
+    trained, mc = ckpt.restore_model(tmp_path / "run")
+    assert mc.context.enabled
+    gates = [float(trained.context.gate_img[...]), float(trained.context.gate_txt[...])]
+    assert all(g != 0 for g in gates), gates
+
+
+def test_context_disabled_changes_nothing(tmp_path, repo_root):
+    off = ClipTask(_config(repo_root, enabled=False), tmp_path)
+    cfg_off = off.config
+    ex = off.train_dataset(cfg_off)[0]
+    assert set(ex) == {"image", "input_ids", "attention_mask"}
+    model_off = off.build_model(nnx.Rngs(0))
+    assert model_off.context is None
+    batch = _first_batch(off, cfg_off)
+    dense = losses.loss_from_config(cfg_off.loss)
+    got, _ = clip_loss(model_off, batch, dense)
+    img = model_off.encode_image(batch["image"])
+    txt = model_off.encode_text(batch["input_ids"], batch["attention_mask"])
+    want = dense(img, txt, jnp.exp(-model_off.logit_scale[...]))
+    assert float(got) == float(want)
+
+    # Enabled but untrained (gates at 0): same towers → the same loss as without context.
+    on = ClipTask(_config(repo_root, enabled=True), tmp_path)  # same WORKDIR/tokenizer
+    model_on = on.build_model(nnx.Rngs(0))
+    nnx.update(model_on, nnx.state(model_off))
+    batch_on = _first_batch(on, on.config)
+    got_on, _ = clip_loss(model_on, batch_on, dense)
+    np.testing.assert_allclose(float(got_on), float(got), rtol=1e-6, atol=1e-6)
