@@ -120,3 +120,37 @@ def test_missing_clip_workdir_and_unknown_structure_are_clear_errors(
     cfg.prompts = {"spleen": "a spleen"}
     with pytest.raises(ValueError, match="prompts.spleen"):
         zeroshot.load_cases(cfg)
+
+
+def test_acdc_volumes_are_segmented_slice_by_slice_and_written_in_original_geometry(
+    clip_workdir, tmp_path, monkeypatch, repo_root
+):
+    import nibabel as nib
+
+    from mzs_jax.data.phantom_cli import make
+
+    monkeypatch.chdir(repo_root)
+    data = make(tmp_path / "acdc", "mri", n=1, size=48, slices=3, progress=False)
+    out = tmp_path / "seg"
+    argv = [
+        "segment",
+        "--config",
+        "configs/zeroshot_acdc.py",
+        "--workdir",
+        str(out),
+        f"--config.clip_workdir={clip_workdir}",
+        f"--config.data.path={data}",
+        "--config.dpfem.enabled=False",
+        "--config.figures=False",
+        "--config.segmenter.name=crf",
+        "--config.saliency.topk=8",
+    ]
+    assert cli.main(argv) == 0
+    written = sorted((out / "volumes").glob("*.nii.gz"))
+    assert written
+    refs = {p.name.split(".")[0]: p for p in data.rglob("*_frame[0-9][0-9].nii.gz")}
+    for path in written:
+        pred, ref = nib.load(str(path)), nib.load(str(refs[path.name.split(".")[0]]))
+        assert pred.shape == ref.shape[:3]
+        np.testing.assert_allclose(pred.affine, ref.affine)
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}

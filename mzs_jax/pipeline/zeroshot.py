@@ -18,6 +18,7 @@ from PIL import Image
 
 from mzs_jax.data import transforms
 from mzs_jax.pipeline import dpfem_train, postprocess, saliency, segmenters
+from mzs_jax.pipeline.zeroshot_data import load_cases, write_volumes
 from mzs_jax.progress import Progress
 
 
@@ -27,9 +28,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "phantom-xray"
     c.clip_workdir = ""  # a `mzs train-clip` / `mzs import` workdir (model_config.json + ckpt)
     c.tokenizer = ""  # "" = CLIP_WORKDIR/tokenizer
+    # source: phantom (kind, n, seed, size) | covidqu (path, split, task) | acdc (path, split);
+    # n > 0 limits the images (2D) or volumes (ACDC).
     c.data = ml_collections.ConfigDict(
-        {"source": "phantom", "kind": "xray", "n": 32, "seed": 1000, "size": 64}
+        {
+            "source": "phantom",
+            "kind": "xray",
+            "n": 32,
+            "seed": 1000,
+            "size": 64,
+            "path": "",
+            "split": "test",
+            "task": "lung",
+        }
     )
+    # class name -> label ids in the dataset's masks (not needed for phantoms: structure names).
+    c.labels = ml_collections.ConfigDict()
     # class name -> text prompt; the class name is also the phantom structure / label name.
     c.prompts = ml_collections.ConfigDict({"heart": "chest radiograph showing the heart"})
     c.saliency = ml_collections.ConfigDict(
@@ -51,35 +65,6 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def load_cases(cfg: ml_collections.ConfigDict) -> list[dict]:
-    """Cases `{"id", "image" (H, W, C) in [0, 1], "gt": {class: bool (H, W)} | None}`."""
-    d = cfg.data
-    if d.source != "phantom":
-        raise ValueError(
-            f"data.source={d.source!r}: only 'phantom' is wired into mzs segment so "
-            "far (ACDC/Synapse/COVID-QU-Ex loaders exist in mzs_jax.data)"
-        )
-    from mzs_jax.data import phantom
-
-    samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size))
-    known = {name for s in samples for name in s["structures"]}
-    for name in cfg.prompts:
-        if name not in known:
-            raise ValueError(
-                f"prompts.{name}: no such structure in {d.kind} phantoms (have {sorted(known)})"
-            )
-    cases = []
-    for s in samples:  # a structure absent from an image has an empty GT mask
-        gt = {
-            name: phantom.structure_mask(s, name)
-            if name in s["structures"]
-            else np.zeros(s["mask"].shape, bool)
-            for name in cfg.prompts
-        }
-        cases.append({"id": s["id"], "image": s["image"], "gt": gt})
-    return cases
 
 
 def load_clip(cfg: ml_collections.ConfigDict):
@@ -232,7 +217,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cases = load_cases(cfg)
+    cases, volumes = load_cases(cfg)
     model, tok, model_cfg = load_clip(cfg)
     text = encode_prompts(model, tok, dict(cfg.prompts))
     size = int(model_cfg.vision.image_size)
@@ -316,6 +301,10 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
         with open(done_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         progress.update(1)
+    if volumes:
+        write_volumes(
+            cfg, workdir, volumes, lambda cid, n: workdir / "masks" / f"{cid}_{_slug(n)}.png"
+        )
     summary = summarize(_read_jsonl(done_path))
     summary["saliency_s_per_map"] = sal_s
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
