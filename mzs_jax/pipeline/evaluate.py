@@ -335,7 +335,7 @@ def evaluate_dirs(
 
 
 def parse_classes(spec: str | None) -> tuple[list[int] | None, dict[int, str]]:
-    """`"1,2,3"` or `"1=LV,2=RV,3=MYO"` -> ([1, 2, 3], {1: "LV", ...})."""
+    """`"1,2,3"` or `"1=RV,2=MYO,3=LV"` -> ([1, 2, 3], {1: "RV", ...})."""
     if not spec:
         return None, {}
     ids, names = [], {}
@@ -371,7 +371,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", default="method", help="method name written in the CSV")
     parser.add_argument("--dataset", default="dataset", help="dataset name written in the CSV")
     parser.add_argument("--seed", default="0", help="seed / run id written in the CSV")
-    parser.add_argument("--classes", help='"1,2,3" or "1=LV,2=RV,3=MYO" (default: GT labels)')
+    parser.add_argument("--classes", help='"1,2,3" or "1=RV,2=MYO,3=LV" (default: GT labels)')
     parser.add_argument(
         "--compare",
         nargs=2,
