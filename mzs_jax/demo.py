@@ -28,8 +28,8 @@ WEIGHTS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # `--workdir` is added by cli.py; the demo defaults it to ./mzs_demo (report: WORKDIR/report).
-    parser.set_defaults(workdir=pathlib.Path("mzs_demo"))
+    # `--workdir` is added by cli.py; the demo's default is ./workdir/demo (report: WORKDIR/report)
+    parser.set_defaults(workdir=pathlib.Path("workdir") / "demo")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -44,8 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-scratch",
         action="store_true",
-        help="pre-train the phantom CLIP live instead of loading "
-        "weights/phantom_clip (when shipped)",
+        help="pre-train the phantom CLIP live instead of loading mzs_jax/assets/phantom_clip",
     )
 
 
@@ -82,13 +81,13 @@ def prepare_workdir(workdir: pathlib.Path) -> None:
 
 
 class Stages:
-    """Stage timer + overall progress line with ETA (weights from `WEIGHTS`)."""
+    """Stage timer + overall progress line with ETA (stage weights: shares of the run time)."""
 
-    def __init__(self, names):
+    def __init__(self, weights: dict[str, int]):
         from mzs_jax.progress import Progress
 
-        self.names = list(names)
-        self.progress = Progress(sum(WEIGHTS[n] for n in self.names), "demo", unit="%", every_s=0.0)
+        self.names, self.weights = list(weights), dict(weights)
+        self.progress = Progress(sum(weights.values()), "demo", unit="%", every_s=0.0)
         self.times: dict[str, float] = {}
         self.t0 = time.perf_counter()
 
@@ -101,7 +100,7 @@ class Stages:
         dt = time.perf_counter() - self._t
         self.times[self._name] = dt
         self.progress.update(
-            WEIGHTS[self._name], force=True, stage=self._name, stage_s=round(dt, 1), **metrics
+            self.weights[self._name], force=True, stage=self._name, stage_s=round(dt, 1), **metrics
         )
 
     @property
@@ -123,15 +122,15 @@ def run(args) -> int:
     # Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run).
     jax.config.update("jax_compilation_cache_dir", str(w / "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    st = Stages(WEIGHTS)
+    shipped = demo_clip.shipped_checkpoint()
+    live = args.from_scratch or shipped is None
+    st = Stages(WEIGHTS if live else {**WEIGHTS, "pretrain": 2})
     facts: dict = {
         "mode": dc.mode,
         "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
         "cpu_count": os.cpu_count(),
     }
 
-    shipped = demo_clip.shipped_checkpoint()
-    live = args.from_scratch or shipped is None
     st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
     if live:
         tok = demo_clip.build_tokenizer(dc, w / "tokenizer")

@@ -13,11 +13,11 @@ import numpy as np
 
 from mzs_jax.train.defaults import clip_config
 
-SHIPPED = pathlib.Path(__file__).resolve().parents[1] / "weights" / "phantom_clip"
+SHIPPED = pathlib.Path(__file__).resolve().parent / "assets" / "phantom_clip"
 
 
 def shipped_checkpoint() -> pathlib.Path | None:
-    """`weights/phantom_clip` (model.safetensors + tokenizer/ + README.md) if present."""
+    """`mzs_jax/assets/phantom_clip` (model.safetensors + tokenizer/ + README.md) if present."""
     ok = (SHIPPED / "model.safetensors").is_file() and (SHIPPED / "tokenizer").is_dir()
     return SHIPPED if ok else None
 

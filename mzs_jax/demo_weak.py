@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pathlib
 
+import ml_collections
 import numpy as np
 
 from mzs_jax import demo_zeroshot as zs
@@ -73,8 +74,13 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoin
     gts = [s["gt"] for s in test_s]
     h, w_ = gts[0].shape
     rand_hits = [g[y, x] for (y, x), g in zip(base["points"], gts, strict=True)]
-    pointing = {
-        f"raw {z.saliency} argmax": zs.pointing_game(raw_test, gts),
+    pointing = {f"raw {z.saliency} argmax": zs.pointing_game(raw_test, gts)}
+    if z.saliency != "gscorecam":  # the paper's method, scored next to the one the chain uses
+        g = ml_collections.ConfigDict(s2.to_dict())
+        g.saliency.method = "gscorecam"
+        gmaps = zs.saliency_maps(model, model_cfg, test_s, text, g, w / "zeroshot")
+        pointing["raw gscorecam argmax (paper's method)"] = zs.pointing_game(gmaps, gts)
+    pointing |= {
         "DPFEM-refined argmax": zs.pointing_game(ref_test, gts),
         "random body point": float(np.mean(rand_hits)),
         "image centre": float(np.mean([g[h // 2, w_ // 2] for g in gts])),
