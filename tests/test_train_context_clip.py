@@ -5,7 +5,6 @@ import runpy
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -15,7 +14,6 @@ from mzs_jax.train import checkpoint as ckpt
 from mzs_jax.train import clip_context
 from mzs_jax.train.clip_task import ClipTask, clip_loss
 from mzs_jax.train.loop import fit
-from mzs_jax.train.mesh import make_mesh
 
 
 def _config(repo_root, enabled: bool = True):
@@ -63,22 +61,19 @@ def test_phantom_metadata_becomes_context_arrays(tmp_path, repo_root):
 
 def test_cehnc_run_with_context_trains_and_gates_get_gradient(tmp_path, repo_root):
     cfg = _config(repo_root)
+    cfg.total_steps = 1
     task = ClipTask(cfg, tmp_path)
     task.evaluate = None
-    task.bind_mesh(make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1})))  # dense loss
-    model = task.build_model(nnx.Rngs(cfg.seed))
-    assert model.context is not None
-    batch = _first_batch(task, cfg)
-    grads = nnx.grad(lambda m: task.loss_fn(m, batch, None)[0])(model)
-    g_img, g_txt = float(grads.context.gate_img[...]), float(grads.context.gate_txt[...])
-    assert np.isfinite([g_img, g_txt]).all() and g_img != 0 and g_txt != 0, (g_img, g_txt)
-
-    last = fit(task, cfg, tmp_path / "run")  # 2 steps, CEHNC global-batch form on 2 devices
-    assert np.isfinite(last["loss"])
+    assert task.model_config.context.enabled
+    last = fit(task, cfg, tmp_path / "run")  # CEHNC global-batch form over 2 devices
+    assert np.isfinite(last["loss"]) and np.isfinite(last["grad_norm"])
     trained, mc = ckpt.restore_model(tmp_path / "run")
-    assert mc.context.enabled
-    gates = [float(trained.context.gate_img[...]), float(trained.context.gate_txt[...])]
-    assert all(g != 0 for g in gates), gates
+    assert mc.context.enabled and trained.context is not None
+    # The gates start at 0; AdamW's first update is -lr·g/(|g| + eps) for a scalar, so a gate
+    # moves by about lr exactly when its gradient is non-zero (|g| >> eps = 1e-6).
+    lr = cfg.optimizer.lr
+    for gate in (trained.context.gate_img, trained.context.gate_txt):
+        assert 0.5 * lr < abs(float(gate[...])) <= lr * (1 + 1e-5), float(gate[...])
 
 
 def test_context_disabled_changes_nothing(tmp_path, repo_root):
