@@ -148,21 +148,21 @@ def run(args) -> int:
         cfg = demo_clip.run_config(
             dc, "infonce", dc.clip.pretrain_steps, dc.clip.pretrain_lr, tok, None
         )
-        demo_clip.train(cfg, pre, "pretrain")
+        pre_ret = demo_clip.train(dc, cfg, pre, "pretrain")
         facts["clip_init"] = (
             f"pre-trained live in this run ({dc.clip.pretrain_steps} steps, infonce, {why})"
         )
     else:
         st.start("pretrain", f"shipped phantom CLIP {shipped} (--from-scratch retrains it)")
         facts["clip_init"] = demo_clip.import_shipped(shipped, pre)
-    retrieval = {"pre-trained (no fine-tuning)": demo_clip.retrieval(dc, pre, tok)}
+        pre_ret = demo_clip.retrieval(dc, pre, tok)
+    retrieval = {"pre-trained (no fine-tuning)": pre_ret}
     st.done(i2t_top1=retrieval["pre-trained (no fine-tuning)"]["i2t_top1"][0])
 
     st.start("finetune", f"fine-tune with {', '.join(dc.clip.losses)}")
     for loss in dc.clip.losses:
         cfg = demo_clip.run_config(dc, loss, dc.clip.finetune_steps, dc.clip.finetune_lr, tok, pre)
-        demo_clip.train(cfg, w / "clip" / loss, f"finetune {loss}")
-        retrieval[loss] = demo_clip.retrieval(dc, w / "clip" / loss, tok)
+        retrieval[loss] = demo_clip.train(dc, cfg, w / "clip" / loss, f"finetune {loss}")
         print(
             f"[demo] {loss}: i2t_top1={retrieval[loss]['i2t_top1'][0]:.3f} "
             f"t2i_top1={retrieval[loss]['t2i_top1'][0]:.3f}",

@@ -94,19 +94,48 @@ def run_config(
     return c
 
 
-def train(config: ml_collections.ConfigDict, workdir: pathlib.Path, name: str) -> dict:
-    """One `loop.fit` run of the stage 1 task; returns its last metrics."""
+def train(
+    dc: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    name: str,
+) -> dict[str, tuple[float, float]]:
+    """One `loop.fit` run of the stage 1 task; returns the ROCO-protocol retrieval of the final
+    model on the held-out captions: `{metric: (mean, std)}` over `eval_seeds` shuffles in batches
+    of `eval_batch` (the embeddings of fit's end-of-run evaluation are reused)."""
+    from mzs_jax.pipeline import retrieval as ret
     from mzs_jax.train.clip_task import ClipTask
     from mzs_jax.train.loop import fit
 
-    return fit(ClipTask(config, workdir), config, workdir, name=name)
+    class Task(ClipTask):
+        def evaluate(self, model, epoch):
+            ex = self.val_examples = getattr(self, "val_examples", None) or list(
+                _val(self, int(self.config.eval.max_examples))
+            )
+            self.embeddings = ret.embed(model, ex)
+            return {f"val/{k}": v[0] for k, v in summary(dc, *self.embeddings).items()}
+
+    task = Task(config, workdir)
+    fit(task, config, workdir, name=name)
+    return summary(dc, *task.embeddings)
+
+
+def _val(task, limit: int):
+    from mzs_jax.train.clip_task import _examples
+
+    return _examples(task.val_src, task.tokenizer, task.model_config, limit)
+
+
+def summary(dc, img: np.ndarray, txt: np.ndarray) -> dict[str, tuple[float, float]]:
+    from mzs_jax.pipeline import retrieval as ret
+
+    return ret.summarize(img, txt, batch=int(dc.clip.eval_batch), seeds=int(dc.clip.eval_seeds))
 
 
 def retrieval(
     dc: ml_collections.ConfigDict, workdir: pathlib.Path, tokenizer: pathlib.Path
 ) -> dict[str, tuple[float, float]]:
-    """ROCO-protocol retrieval of the model in `workdir` on the held-out captions:
-    `{metric: (mean, std)}` over `eval_seeds` shuffles in batches of `eval_batch`."""
+    """The same retrieval for a model already in `workdir` (the imported starting point)."""
     from mzs_jax.pipeline import retrieval as ret
     from mzs_jax.train import checkpoint as ckpt
     from mzs_jax.train.clip_task import eval_examples
@@ -120,8 +149,7 @@ def retrieval(
         tokenizer=str(tokenizer),
         seed=int(dc.seed),
     )
-    img, txt = ret.embed(model, ex)
-    return ret.summarize(img, txt, batch=int(dc.clip.eval_batch), seeds=int(dc.clip.eval_seeds))
+    return summary(dc, *ret.embed(model, ex))
 
 
 def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -> dict:
