@@ -117,6 +117,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(
         "--config.checkpoint.every_steps=2",
         "--config.checkpoint.async_save=False",
         "--config.data.val_fraction=0.0",
+        "--config.mesh.data=2",  # still sharded, fewer virtual devices to run on 2 cores
     ]  # no per-epoch evaluation: faster
     assert cli.main(_args(folders, ref, "--config.total_steps=8", *common)) == 0
     assert cli.main(_args(folders, cut, "--config.total_steps=4", *common)) == 0
