@@ -12,42 +12,43 @@ from mzs_jax.models import dpfem
 from mzs_jax.pipeline import dpfem_train
 
 
-def _model(width=8, stride=4):
-    return dpfem.DPFEM(dpfem.model_config(3, width, stride), rngs=nnx.Rngs(0))
+@pytest.fixture(scope="module")
+def model():
+    return dpfem.DPFEM(dpfem.model_config(3, 8, 4), rngs=nnx.Rngs(0))
 
 
-def test_output_is_logits_at_input_resolution_for_non_square_inputs():
-    m = _model()
+# One compiled program per input shape instead of op-by-op eager dispatch.
+_forward = nnx.jit(lambda m, x, s: (m(x, s), *m.features(x, s)))
+
+
+def test_output_is_logits_at_input_resolution_for_non_square_inputs(model):
     x = jax.random.uniform(jax.random.key(0), (2, 32, 48, 3))
     s = jax.random.uniform(jax.random.key(1), (2, 32, 48))
-    out = m(x, s)
-    fused, gates = m.features(x, s)
+    out, fused, gates = _forward(model, x, s)
     assert out.shape == (2, 32, 48) and out.dtype == jnp.float32
     assert fused.shape == gates.shape == (2, 8, 12, 8)
 
 
-def test_untrained_dpfem_passes_the_saliency_through():
-    m = _model()
-    s = jax.random.uniform(jax.random.key(1), (1, 16, 16), minval=0.05, maxval=0.95)
-    out = jax.nn.sigmoid(m(jnp.zeros((1, 16, 16, 3)), s))
+def test_untrained_dpfem_passes_the_saliency_through(model):
+    s = jax.random.uniform(jax.random.key(1), (1, 32, 32), minval=0.05, maxval=0.95)
+    out = jax.nn.sigmoid(_forward(model, jnp.zeros((1, 32, 32, 3)), s)[0])
     np.testing.assert_allclose(out, s, atol=1e-5)
 
 
-def test_gates_depend_on_the_input_and_vary_over_locations():
-    m = _model()
+def test_gates_depend_on_the_input_and_vary_over_locations(model):
     x1 = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
     x2 = jax.random.uniform(jax.random.key(2), (1, 32, 32, 3))
     s = jax.random.uniform(jax.random.key(1), (1, 32, 32))
-    _, g1 = m.features(x1, s)
-    _, g2 = m.features(x2, s)
-    _, g3 = m.features(x1, 1.0 - s)
+    g1 = _forward(model, x1, s)[2]
+    g2 = _forward(model, x2, s)[2]
+    g3 = _forward(model, x1, 1.0 - s)[2]
     assert float(jnp.abs(g1 - g2).max()) > 1e-3 and float(jnp.abs(g1 - g3).max()) > 1e-3
     assert float(g1.std(axis=(1, 2)).mean()) > 1e-3  # not a fixed per-channel sum
     assert float(g1.min()) > 0 and float(g1.max()) < 1
 
 
-def test_bad_inputs_are_clear_errors():
-    m = _model()
+def test_bad_inputs_are_clear_errors(model):
+    m = model
     with pytest.raises(ValueError, match="stem_stride=4"):
         m(jnp.zeros((1, 30, 32, 3)), jnp.zeros((1, 30, 32)))
     with pytest.raises(ValueError, match="saliency must be"):
