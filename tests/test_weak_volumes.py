@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from mzs_jax import cli
-from mzs_jax.data.phantom_formats import write_acdc
+from mzs_jax.data.phantom_formats import write_acdc, write_synapse
 from mzs_jax.models import resunet
 from mzs_jax.pipeline import evaluate
 from mzs_jax.train.checkpoint import save_model
@@ -45,3 +45,33 @@ def test_acdc_volumes_are_predicted_in_original_geometry_and_scored_volume_wise(
     rows = evaluate.evaluate_dirs(pred, gt, method="resunet", dataset="acdc", classes=[1, 2, 3])
     assert len(rows) == 4 * 3  # one row per volume and class: volume-wise
     assert {r["case"] for r in rows} == {f.name.removesuffix(".nii.gz") for f in files}
+
+
+def test_synapse_test_volumes_are_predicted_and_scored_volume_wise(tmp_path):
+    root = tmp_path / "synapse"
+    write_synapse(root, 5, size=32, n_slices=4)
+    cfg = resunet.model_config("tiny", num_classes=9, image_size=32)
+    save_model(tmp_path / "w", resunet.ResUNet(cfg, rngs=nnx.Rngs(0)), cfg)
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    assert (
+        cli.main(
+            [
+                "train-weak",
+                "--workdir",
+                str(tmp_path / "w"),
+                "--predict-synapse",
+                str(root),
+                "--out",
+                str(pred),
+                "--gt-out",
+                str(gt),
+            ]
+        )
+        == 0
+    )
+    files = sorted(pred.glob("*.npy"))
+    assert files and all(np.load(f).shape == np.load(gt / f.name).shape for f in files)
+    rows = evaluate.evaluate_dirs(
+        pred, gt, method="resunet", dataset="synapse", classes=list(range(1, 9))
+    )
+    assert len(rows) == len(files) * 8

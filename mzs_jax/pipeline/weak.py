@@ -276,30 +276,64 @@ def predict_folder(workdir, images_dir, out_dir) -> list[pathlib.Path]:
     return written
 
 
-def predict_volumes(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
-    """Slice-wise prediction of every volume of a volume source (e.g. `data.acdc.AcdcSlices`:
-    `.volumes[k].image/.label`, `.volume(k)`, `.write_prediction(k, labels, path)`), written back as
-    NIfTI `<name>.nii.gz` in the original geometry; with `gt_dir`, the matching ground-truth files
-    are copied there under the same names, so `mzs evaluate` scores them volume-wise (the paper)."""
-    import shutil
+def predict_slices(model, slices: np.ndarray, size: int) -> np.ndarray:
+    """Label maps `(Z, H, W)` of a stack of slices `(Z, H, W)`, each resized to the model's
+    `size` and its class probabilities resized back before the argmax."""
+    z, h, w = slices.shape
+    x = np.stack([resize_image(s[..., None], size).reshape(size, size, -1) for s in slices])
+    return np.stack([resize_image(p, (h, w)).argmax(-1) for p in predict(model, x)]).astype(
+        np.int16
+    )
 
+
+def _restore_resunet(workdir):
     from mzs_jax.train.checkpoint import restore_model
 
     model, cfg = restore_model(workdir, step=best_step(workdir))
-    size, written = int(cfg.image_size), []
+    if not isinstance(model, resunet.ResUNet):
+        raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
+    return model, int(cfg.image_size)
+
+
+def predict_acdc(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
+    """Slice-wise prediction of every volume of `data.acdc.AcdcSlices` (resampled, z-scored
+    grid), written back as NIfTI `<name>.nii.gz` in the original geometry; with `gt_dir`, the
+    matching ground-truth files are copied there under the same names, so `mzs evaluate` scores
+    them volume-wise (the paper)."""
+    import shutil
+
+    model, size = _restore_resunet(workdir)
+    written = []
     for k, v in enumerate(source.volumes):
-        image, _ = source.volume(k)  # (H, W, Z) on the resampled grid, z-scored
-        h, w, nz = image.shape
-        x = np.stack(
-            [resize_image(image[:, :, z, None], size).reshape(size, size, -1) for z in range(nz)]
-        )
-        probs = predict(model, x)
-        labels = np.stack([resize_image(p, (h, w)).argmax(-1) for p in probs], axis=-1)
+        image, _ = source.volume(k)  # (H, W, Z)
+        labels = predict_slices(model, np.moveaxis(image, -1, 0), size)
         name = pathlib.Path(v.image).name.removesuffix(".gz").removesuffix(".nii")
-        written.append(source.write_prediction(k, labels, pathlib.Path(out_dir) / f"{name}.nii.gz"))
+        path = pathlib.Path(out_dir) / f"{name}.nii.gz"
+        written.append(source.write_prediction(k, np.moveaxis(labels, 0, -1), path))
         if gt_dir is not None:
             pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(v.label, pathlib.Path(gt_dir) / f"{name}.nii.gz")
+    return written
+
+
+def predict_synapse(workdir, root, out_dir, gt_dir=None) -> list[pathlib.Path]:
+    """Slice-wise prediction of every Synapse test volume (`test_vol_h5/<case>.npy.h5`), saved
+    as `<case>.npy` label volumes `(Z, H, W)` (and the ground truth likewise in `gt_dir`)."""
+    from mzs_jax.data.synapse import SynapseSlices, load_h5_volume
+
+    model, size = _restore_resunet(workdir)
+    source = SynapseSlices(root, split="test")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in source.files:
+        image, label = load_h5_volume(path)
+        case = source._case(path)
+        np.save(out_dir / f"{case}.npy", predict_slices(model, image, size))
+        written.append(out_dir / f"{case}.npy")
+        if gt_dir is not None:
+            pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
+            np.save(pathlib.Path(gt_dir) / f"{case}.npy", label.astype(np.int16))
     return written
 
 
@@ -316,11 +350,17 @@ def add_arguments(parser) -> None:
         metavar="ACDC_ROOT",
         help="skip training; predict the ACDC volumes of --split as NIfTI",
     )
+    parser.add_argument(
+        "--predict-synapse",
+        type=pathlib.Path,
+        metavar="SYNAPSE_ROOT",
+        help="skip training; predict the Synapse test volumes as <case>.npy",
+    )
     parser.add_argument("--split", default="val", help="ACDC split for --predict-acdc")
     parser.add_argument(
         "--gt-out",
         type=pathlib.Path,
-        help="with --predict-acdc: copy the matching ground truth here",
+        help="with --predict-acdc/--predict-synapse: write the matching ground truth here",
     )
     parser.add_argument("--out", type=pathlib.Path, help="output folder for --predict*")
 
@@ -340,7 +380,13 @@ def run(args) -> int:
         if args.out is None:
             raise ValueError("--predict-acdc needs --out")
         source = AcdcSlices(args.predict_acdc, split=args.split)
-        written = predict_volumes(args.workdir, source, args.out, args.gt_out)
+        written = predict_acdc(args.workdir, source, args.out, args.gt_out)
+        print(f"wrote {len(written)} volumes to {args.out}")
+        return 0
+    if args.predict_synapse is not None:
+        if args.out is None:
+            raise ValueError("--predict-synapse needs --out")
+        written = predict_synapse(args.workdir, args.predict_synapse, args.out, args.gt_out)
         print(f"wrote {len(written)} volumes to {args.out}")
         return 0
     if args.config is None:
