@@ -154,3 +154,28 @@ def test_acdc_volumes_are_segmented_slice_by_slice_and_written_in_original_geome
         assert pred.shape == ref.shape[:3]
         np.testing.assert_allclose(pred.affine, ref.affine)
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}
+
+
+@pytest.mark.slow
+def test_torch_and_jax_saliency_backends_give_the_same_maps_in_the_pipeline(
+    clip_workdir, tmp_path, monkeypatch, repo_root
+):
+    monkeypatch.chdir(repo_root)
+    maps = {}
+    for backend in ("jax", "torch"):
+        out = tmp_path / backend
+        argv = _argv(
+            clip_workdir,
+            out,
+            f"--config.saliency.backend={backend}",
+            "--config.dpfem.enabled=False",
+            "--config.figures=False",
+            "--config.segmenter.name=crf",
+            "--config.data.n=2",
+        )
+        assert cli.main(argv) == 0
+        maps[backend] = {p.name: np.load(p) for p in sorted((out / "saliency").glob("*.npy"))}
+    assert maps["jax"].keys() == maps["torch"].keys() and len(maps["jax"]) == 4
+    for name, a in maps["jax"].items():
+        b = maps["torch"][name]
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99, name
