@@ -69,7 +69,11 @@ def main(argv=None) -> str:
     """Run the experiment; returns the Markdown section (`mzs bench` protocol)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=pathlib.Path, default=None, help="default: a temporary folder")
-    ap.add_argument("--quick", action="store_true", help="32 train / 16 test images, 5 epochs")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 32 train / 16 test images, 5 epochs (too little training to compare)",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n-train", type=int, default=96)
     ap.add_argument("--n-test", type=int, default=40)
