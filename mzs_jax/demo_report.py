@@ -76,6 +76,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
         batch=int(dc.clip.eval_batch),
     )
     z = dc.zeroshot
+    topk = f", top-k {z.topk}" if z.saliency == "gscorecam" else ""
     seg = zres["segmenter"] + (
         " (SAM checkpoint given)"
         if zres["segmenter_is_sam"]
@@ -98,7 +99,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
                 ["prompt", repr(z.prompt)],
                 [
                     "saliency",
-                    f"{z.saliency} (JAX, top-k {z.topk}) → DPFEM ({z.dpfem_epochs} epochs, "
+                    f"{z.saliency} (JAX{topk}) → DPFEM ({z.dpfem_epochs} epochs, "
                     f"annotation-free) → dense CRF → threshold → closing → box ({z.box_mode})",
                 ],
                 ["segmenter", seg],
