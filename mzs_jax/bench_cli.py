@@ -18,6 +18,9 @@ SCRIPTS = {
     "train_step": "full-size BiomedCLIP train step, JAX vs PyTorch, and MFU",
     "saliency": "batched JAX gScoreCAM vs torch gScoreCAM",
     "input_pipeline": "grain input pipeline rate vs train step rate",
+    "phantom_speed": "procedural phantom generation rate",
+    "zeroshot_phantom": "phantom pointing game and box IoU per saliency method, with baselines",
+    "weak_vs_pseudo": "ResUNet on pseudo-masks vs the pseudo-masks, 3 seeds, paired t-test",
 }
 
 
