@@ -1,4 +1,4 @@
-"""`mzs bench`: runs bench/ scripts through their `main(argv) -> str` and writes one Markdown file."""
+"""`mzs bench`: runs bench/ scripts via their `main(argv) -> str`, writes one Markdown file."""
 
 from mzs_jax import bench_cli, cli
 
