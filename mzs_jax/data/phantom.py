@@ -19,22 +19,13 @@ from mzs_jax.data.phantom_shapes import (
     size_word,
     smooth_texture,
 )
+from mzs_jax.data.synapse import SYNAPSE_LABELS  # one table for the phantom and the loader
 
 KINDS = ("xray", "mri", "ct")
 _KIND_ID = {"xray": 1, "mri": 2, "ct": 3}
 
 XRAY_LABELS = {"right lung": 1, "left lung": 2, "heart": 3, "opacity": 4}
 ACDC_LABELS = {"right ventricle": 1, "myocardium": 2, "left ventricle": 3}
-SYNAPSE_LABELS = {
-    "aorta": 1,
-    "gallbladder": 2,
-    "left kidney": 3,
-    "right kidney": 4,
-    "liver": 5,
-    "pancreas": 6,
-    "spleen": 7,
-    "stomach": 8,
-}
 CT_LESION_LABEL = 9  # phantom-only; folded into the liver (5) when written as Synapse
 CT_WINDOW = (-125.0, 275.0)  # TransUNet Synapse preprocessing: clip HU, scale to [0, 1]
 ACDC_GROUPS = ("NOR", "DCM", "HCM", "MINF", "RV")

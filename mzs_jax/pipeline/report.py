@@ -109,6 +109,12 @@ def box_plots(rows: list[dict], out_png: str | pathlib.Path, metric: str = "dice
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30)
         ax.set_title(f"{d}: per-case {metric}")
         ax.set_ylim(-0.02, 1.02)
+    return _save_figure(fig, out_png)
+
+
+def _save_figure(fig, out_png) -> pathlib.Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_png = pathlib.Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -180,12 +186,7 @@ def overlay_grid(items: Sequence, out_png: str | pathlib.Path) -> pathlib.Path:
                 name, draw = shown[j]
                 draw(ax)
                 ax.set_title(f"{r.get('title', '')} {name}".strip(), fontsize=8)
-    fig.tight_layout()
-    out_png = pathlib.Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _save_figure(fig, out_png)
 
 
 def render_table_from_csv(
