@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import pathlib
 
 import jax
@@ -62,8 +63,16 @@ def embed(model, examples, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndar
     from flax import nnx
 
     graphdef, state = nnx.split(model)
+    # Parameters sharded over `fsdp` across hosts would leave the outputs sharded (not fetchable
+    # on one host): ask for replicated outputs on the parameters' mesh.
+    sharding = jax.tree.leaves(state)[0].sharding
+    out = (
+        jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        if isinstance(sharding, jax.sharding.NamedSharding)
+        else None
+    )
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=out)
     def encode(state, images, ids, mask):
         m = nnx.merge(graphdef, state)
         return m.encode_image(images), m.encode_text(ids, mask)
