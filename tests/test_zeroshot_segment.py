@@ -14,7 +14,7 @@ from mzs_jax import cli
 from mzs_jax.data import phantom
 from mzs_jax.data.tokenizer import build_wordpiece_tokenizer
 from mzs_jax.models import clip
-from mzs_jax.pipeline import zeroshot
+from mzs_jax.pipeline import weak, zeroshot
 from mzs_jax.train.checkpoint import save_model
 
 
@@ -68,6 +68,13 @@ def test_segment_writes_masks_figures_metrics_and_resumes(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 8 and 0 <= summary["random_hit"] <= 1
     assert (out / "dpfem" / "ckpt").is_dir() == dpfem
+    # Stage 3 reads this workdir as its training set: images/<id>.npy + masks/<id>_<class>.png.
+    classes = sorted({r["class"] for r in records})
+    pseudo = weak.SegmentationFolder(
+        out / "images", out / "masks", size=32, in_channels=1, mask_classes=classes
+    )
+    assert len(pseudo) == 4 and pseudo[0]["image"].shape == (32, 32, 1)
+    assert set(np.unique(pseudo[0]["mask"])) <= set(range(len(classes) + 1))
 
     capsys.readouterr()
     assert cli.main(argv) == 0  # resumed: nothing recomputed

@@ -247,6 +247,14 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     rgb = {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in cases}
     refined_sal = _dpfem(cfg, workdir, items, sal, rgb)
 
+    # The segmented images beside their pseudo-masks, so `mzs train-weak` can read this workdir
+    # as its training set (images/<id>.npy + masks/<id>_<class>.png).
+    (workdir / "images").mkdir(exist_ok=True)
+    for c in cases:
+        image_path = workdir / "images" / f"{c['id']}.npy"
+        if not image_path.exists():
+            np.save(image_path, np.asarray(c["image"], np.float32))
+
     seg = segmenters.make_segmenter(cfg.segmenter)
     done_path = workdir / "cases.jsonl"
     done = {(r["case"], r["class"]) for r in _read_jsonl(done_path)}
