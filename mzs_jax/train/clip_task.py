@@ -74,12 +74,21 @@ def resolve_tokenizer(
     spec: str | None, workdir: pathlib.Path | None, context_length: int, texts=None
 ):
     """Explicit dir/hub id; else `WORKDIR/tokenizer`; else (phantoms) one built from `texts`;
-    else BiomedCLIP's PubMedBERT vocabulary from the local HF cache."""
+    else BiomedCLIP's PubMedBERT vocabulary from the local HF cache.
+
+    An explicit tokenizer used with a workdir is saved as `WORKDIR/tokenizer`, so the later stages
+    (`mzs segment`, `mzs eval-retrieval`) find the vocabulary the model was trained with."""
     from mzs_jax.data import tokenizer as tk
 
     local = pathlib.Path(workdir) / "tokenizer" if workdir else None
     if spec:
-        return tk.load_tokenizer(spec, context_length)
+        tok = tk.load_tokenizer(spec, context_length)
+        if local is not None and not local.is_dir():
+            if jax.process_index() == 0:
+                tok.hf.save_pretrained(str(local))
+            _barrier("tokenizer")
+            print(f"saved the tokenizer {spec} with the model: {local}")
+        return tok
     if local is not None and local.is_dir():
         return tk.load_tokenizer(local, context_length)
     if texts is not None and local is not None:

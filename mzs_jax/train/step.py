@@ -28,7 +28,9 @@ def _labels(params, regexes, yes: str, no: str):
 def make_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """Step decay: `lr * decay_factor ** floor(step / (decay_every_epochs * steps_per_epoch))`,
     after an optional linear warm-up."""
-    every = max(1, round(float(opt.decay_every_epochs) * steps_per_epoch))
+    # Capped below int32's range: optax counts steps in int32, and "never decay" is often written
+    # as a huge epoch count.
+    every = min(2**30, max(1, round(float(opt.decay_every_epochs) * steps_per_epoch)))
     decay = optax.exponential_decay(
         opt.lr, transition_steps=every, decay_rate=opt.decay_factor, staircase=True
     )
