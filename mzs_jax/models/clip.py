@@ -16,6 +16,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from mzs_jax.models.bert import TextTower
+from mzs_jax.models.context import ContextEncoder
 from mzs_jax.models.context import default_config as context_defaults
 from mzs_jax.models.vit import VisionTransformer
 
@@ -99,17 +100,6 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _context_encoder_class():
-    try:
-        from mzs_jax.models.context import ContextEncoder
-    except ImportError as e:
-        raise ValueError(
-            "model.context.enabled=True needs mzs_jax.models.context.ContextEncoder, "
-            f"which cannot be imported: {e}"
-        ) from e
-    return ContextEncoder
-
-
 class CLIP(nnx.Module):
     """`.visual` (ViT), `.text` (BERT), `.logit_scale` (scalar Param), `.context` (optional)."""
 
@@ -121,12 +111,11 @@ class CLIP(nnx.Module):
                 f"text.context_length={cfg.text.context_length} exceeds "
                 f"text.max_positions={cfg.text.max_positions}"
             )
-        context_cls = _context_encoder_class() if cfg.context.enabled else None  # fail fast
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
         self.text = TextTower(cfg.text, cfg.embed_dim, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, param_dtype))
         self.context = (
-            None if context_cls is None else context_cls(cfg.context, cfg.embed_dim, rngs=rngs)
+            ContextEncoder(cfg.context, cfg.embed_dim, rngs=rngs) if cfg.context.enabled else None
         )
 
     def encode_image(self, images: jax.Array) -> jax.Array:
