@@ -1,10 +1,13 @@
-"""Phantom localisation of stage 2: pointing game vs a random point, box IoU raw vs CRF + box.
+"""Phantom localisation of stage 2: pointing game vs a random point and vs the same CLIP untrained;
+box IoU of raw thresholding vs the CRF + closing + box path.
 
-    python bench/zeroshot_phantom.py [--clip-workdir W] [--steps 100] [--n 48]
-Without `--clip-workdir` it fine-tunes the tiny CLIP on phantom captions (`configs/phantom.py`,
-`--steps` steps), then runs `mzs segment` (no DPFEM, CRF-mask segmenter) for each saliency method
-and reports, for the focal-opacity prompt, the hit rate of the saliency argmax next to the chance
-of a uniform random point, and the box IoU of raw thresholding vs the CRF + closing + box path.
+    python bench/zeroshot_phantom.py [--clip-workdir W] [--seeds 7,8,9] [--steps 500]
+        [--pool avg] [--patch 4] [--n 96] [--methods dense,gscorecam] [--quick]
+Without `--clip-workdir` it fine-tunes one tiny CLIP per seed on phantom captions
+(`configs/phantom.py`, `--steps` steps, image tower `--pool`/`--patch`), and builds the same
+architecture untrained as a control (a hit rate the untrained tower also reaches is image
+statistics, not learned localisation). Each model runs `mzs segment` (no DPFEM, CRF-mask segmenter)
+per saliency method; the table gives per-prompt hit rates (mean ± std over seeds, and each seed).
 """
 
 from __future__ import annotations
@@ -12,82 +15,140 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+KEYS = ("hit", "random_hit", "box_iou_raw", "box_iou", "dice")
 
 
-def main(argv: list[str]) -> str:
-    p = argparse.ArgumentParser(prog="bench/zeroshot_phantom.py")
-    p.add_argument("--clip-workdir", default=None)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--captions", type=int, default=1500)
-    p.add_argument("--n", type=int, default=48, help="X-ray phantoms to segment")
-    p.add_argument("--methods", default="dense,gscorecam,gradcam")
-    a = p.parse_args(argv)
+def train_clip(workdir: str, a, seed: int) -> None:
+    from mzs_jax import cli
 
+    rc = cli.main(
+        [
+            "train-clip",
+            "--config",
+            str(REPO / "configs/phantom.py:infonce"),
+            "--workdir",
+            workdir,
+            f"--config.data.path=phantom:{a.captions}",
+            "--config.data.split_seed=7",
+            f"--config.seed={seed}",
+            "--config.batch_size=50",
+            f"--config.total_steps={a.steps}",
+            "--config.optimizer.warmup_steps=25",
+            "--config.optimizer.decay_every_epochs=4",
+            f"--config.checkpoint.every_steps={a.steps}",
+            "--config.eval.max_examples=450",
+            f"--config.model_overrides.vision.pool={a.pool}",
+            f"--config.model_overrides.vision.patch_size={a.patch}",
+        ]
+    )
+    if rc:
+        raise RuntimeError(f"train-clip failed for seed {seed}")
+
+
+def untrained_copy(trained: str, workdir: str, seed: int) -> None:
+    """The trained workdir's architecture and tokenizer with freshly initialised weights."""
+    from flax import nnx
+
+    from mzs_jax.models import clip
+    from mzs_jax.train.checkpoint import read_model_config, save_model
+
+    mc = read_model_config(trained)
+    save_model(workdir, clip.CLIP(mc, rngs=nnx.Rngs(seed)), mc, step=0)
+    shutil.copytree(pathlib.Path(trained) / "tokenizer", pathlib.Path(workdir) / "tokenizer")
+
+
+def segment(clip_wd: str, out: pathlib.Path, method: str, n: int) -> dict[str, dict]:
+    """prompt → means of KEYS over the cases with that structure."""
     import numpy as np
 
     from mzs_jax import cli
 
+    rc = cli.main(
+        [
+            "segment",
+            "--config",
+            str(REPO / f"configs/zeroshot_phantom.py:{method}"),
+            "--workdir",
+            str(out),
+            f"--config.clip_workdir={clip_wd}",
+            f"--config.data.n={n}",
+            "--config.dpfem.enabled=False",
+            "--config.figures=False",
+            "--config.segmenter.name=crf",
+        ]
+    )
+    if rc:
+        raise RuntimeError(f"segment failed for {method} ({clip_wd})")
+    rows = [json.loads(x) for x in (out / "cases.jsonl").read_text().splitlines()]
+    result = {}
+    for prompt in sorted({r["class"] for r in rows}):
+        sel = [r for r in rows if r["class"] == prompt and "hit" in r]
+        result[prompt] = {k: float(np.mean([r[k] for r in sel])) for k in KEYS} | {"n": len(sel)}
+    return result
+
+
+def main(argv: list[str]) -> str:
+    p = argparse.ArgumentParser(prog="bench/zeroshot_phantom.py")
+    p.add_argument("--clip-workdir", default=None, help="score this CLIP only (no training)")
+    p.add_argument("--seeds", default="7,8,9")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--captions", type=int, default=3000)
+    p.add_argument("--pool", default="avg", choices=("token", "avg"))
+    p.add_argument("--patch", type=int, default=4)
+    p.add_argument("--n", type=int, default=96, help="X-ray phantoms to segment")
+    p.add_argument("--methods", default="dense,gscorecam")
+    p.add_argument("--quick", action="store_true", help="1 seed, 40 steps, 16 images, dense")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.seeds, a.steps, a.n, a.methods, a.captions = "7", 40, 16, "dense", 600
+
+    import numpy as np
+
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mzs_bench_zeroshot_"))
-    clip_wd = a.clip_workdir
-    if clip_wd is None:
-        clip_wd = str(tmp / "clip")
-        rc = cli.main(
-            [
-                "train-clip",
-                "--config",
-                str(REPO / "configs/phantom.py"),
-                "--workdir",
-                clip_wd,
-                f"--config.data.path=phantom:{a.captions}",
-                "--config.batch_size=64",
-                f"--config.total_steps={a.steps}",
-                f"--config.checkpoint.every_steps={a.steps}",
-            ]
-        )
-        if rc:
-            raise RuntimeError("train-clip failed")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    models: dict[str, list[str]] = {"trained": [], "untrained": []}
+    if a.clip_workdir:
+        models = {"given": [a.clip_workdir]}
+    else:
+        for s in seeds:
+            wd = str(tmp / f"clip_{s}")
+            train_clip(wd, a, s)
+            models["trained"].append(wd)
+            models["untrained"].append(str(tmp / f"untrained_{s}"))
+            untrained_copy(wd, models["untrained"][-1], s)
+    res = {
+        (kind, method, i): segment(wd, tmp / f"{kind}_{method}_{i}", method, a.n)
+        for kind, wds in models.items()
+        for i, wd in enumerate(wds)
+        for method in a.methods.split(",")
+    }
+    arch = f"pool={a.pool}, patch={a.patch}, {a.steps} steps, seeds {a.seeds}"
     lines = [
-        f"### Stage 2 on X-ray phantoms (tiny CLIP: {clip_wd}; {a.n} images)",
+        f"### Stage 2 on X-ray phantoms ({a.clip_workdir or arch}; {a.n} images)",
         "",
-        "| method | prompt | n | hit | random point | box IoU raw thr | box IoU CRF+box | Dice |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CLIP | method | prompt | n | hit mean ± std | hit per seed | random point "
+        "| box IoU raw thr | box IoU CRF+box | Dice |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for method in a.methods.split(","):
-        out = tmp / method
-        rc = cli.main(
-            [
-                "segment",
-                "--config",
-                str(REPO / f"configs/zeroshot_phantom.py:{method}"),
-                "--workdir",
-                str(out),
-                f"--config.clip_workdir={clip_wd}",
-                f"--config.data.n={a.n}",
-                "--config.dpfem.enabled=False",
-                "--config.figures=False",
-                "--config.segmenter.name=crf",
-            ]
-        )
-        if rc:
-            raise RuntimeError(f"segment failed for {method}")
-        rows = [json.loads(x) for x in (out / "cases.jsonl").read_text().splitlines()]
-        for prompt in sorted({r["class"] for r in rows}):
-            sel = [r for r in rows if r["class"] == prompt and "hit" in r]
-            m = {
-                k: float(np.mean([r[k] for r in sel]))
-                for k in ("hit", "random_hit", "box_iou_raw", "box_iou", "dice")
-            }
-            lines.append(
-                f"| {method} | {prompt} | {len(sel)} | {m['hit']:.3f} | "
-                f"{m['random_hit']:.3f} | {m['box_iou_raw']:.3f} | {m['box_iou']:.3f} | "
-                f"{m['dice']:.3f} |"
-            )
+    for kind, wds in models.items():
+        for method in a.methods.split(","):
+            for prompt in res[(kind, method, 0)]:
+                per = [res[(kind, method, i)][prompt] for i in range(len(wds))]
+                m = {k: float(np.mean([r[k] for r in per])) for k in KEYS}
+                hits = [r["hit"] for r in per]
+                lines.append(
+                    f"| {kind} | {method} | {prompt} | {per[0]['n']} | {np.mean(hits):.3f} ± "
+                    f"{np.std(hits):.3f} | {' '.join(f'{h:.3f}' for h in hits)} | "
+                    f"{m['random_hit']:.3f} | {m['box_iou_raw']:.3f} | {m['box_iou']:.3f} | "
+                    f"{m['dice']:.3f} |"
+                )
     return "\n".join(lines)
 
 

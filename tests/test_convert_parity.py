@@ -65,6 +65,18 @@ def test_tiny_flax_embeddings_match_open_clip_and_round_trip_bit_exactly():
     _assert_bit_exact(r["sd"], r["roundtrip"])
 
 
+def test_patch_mean_pooling_matches_open_clip_timm_pool_avg():
+    """`vision.pool="avg"` is open_clip's `timm_pool="avg"`: same weights, different pooling."""
+    cfg = clip.model_config("tiny")
+    cfg.vision.pool = "avg"
+    r = _compare(cfg)
+    assert r["img_diff"] <= PARITY_ATOL
+    token = convert.from_open_clip(r["sd"], clip.model_config("tiny"))
+    images, _ = _inputs(cfg)
+    avg = convert.from_open_clip(r["sd"], cfg)
+    assert np.abs(np.asarray(avg.encode_image(images) - token.encode_image(images))).max() > 1e-3
+
+
 @pytest.mark.slow
 def test_biomedclip_full_size_embeddings_match_open_clip_and_round_trip_bit_exactly():
     cfg = clip.model_config("biomedclip")

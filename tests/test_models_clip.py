@@ -131,3 +131,10 @@ def test_context_config_switch_builds_the_encoder_or_leaves_none():
     cfg.context.enabled = True
     model = clip.CLIP(cfg, rngs=nnx.Rngs(0))
     assert isinstance(model.context, ContextEncoder)
+
+
+def test_unknown_pooling_is_rejected_naming_the_key():
+    cfg = clip.model_config("tiny")
+    cfg.vision.pool = "cls"
+    with pytest.raises(ValueError, match="vision.pool"):
+        clip.CLIP(cfg, rngs=nnx.Rngs(0))

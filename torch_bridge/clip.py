@@ -28,7 +28,7 @@ def open_clip_config(cfg, bert_dir: str) -> dict:
             "vision_cfg": {
                 "timm_model_name": timm_model_name(cfg),
                 "timm_model_pretrained": False,
-                "timm_pool": "",
+                "timm_pool": "" if cfg.vision.get("pool", "token") == "token" else cfg.vision.pool,
                 "timm_proj": "linear",
                 "image_size": cfg.vision.image_size,
             },

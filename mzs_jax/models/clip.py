@@ -46,6 +46,7 @@ def model_config(name: str) -> ConfigDict:
                 heads=12,
                 mlp_dim=3072,
                 ln_eps=1e-6,
+                pool="token",
             )
         )
         c.text = ConfigDict(
@@ -68,7 +69,16 @@ def model_config(name: str) -> ConfigDict:
         # proj_hidden = (text.width + embed_dim) // 2 as open_clip's HF MLP projection computes it.
         c.embed_dim = 96
         c.vision = ConfigDict(
-            dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, mlp_dim=128, ln_eps=1e-6)
+            dict(
+                image_size=64,
+                patch_size=8,
+                width=64,
+                layers=2,
+                heads=2,
+                mlp_dim=128,
+                ln_eps=1e-6,
+                pool="token",
+            )
         )
         c.text = ConfigDict(
             dict(

@@ -1,8 +1,8 @@
 """Image tower of BiomedCLIP: timm `vit_base_patch16_224` semantics in Flax NNX (MedZeroSeg §3.1).
 
 Pre-norm ViT with a class token, learned position embedding, exact GELU, final LayerNorm,
-class-token pooling and a bias-free `head.proj`. `forward_features` exposes one block activation
-(`tap`) so that JAX gScoreCAM can take gradients there.
+class-token (or patch-mean, `vision.pool`) pooling and a bias-free `head.proj`. `forward_features`
+exposes one block activation (`tap`) so that JAX gScoreCAM can take gradients there.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 TAP_POINTS = ("norm1", "norm2")
+# "token": class token (timm default, BiomedCLIP); "avg": mean of the patch tokens after the final
+# norm (open_clip `timm_pool="avg"`), so the pooled embedding is the mean of the dense ones.
+POOLS = ("token", "avg")
 
 
 def dot_product_attention(
@@ -100,6 +103,9 @@ class VisionTransformer(nnx.Module):
                 f"vision.image_size={cfg.image_size} is not a multiple of "
                 f"vision.patch_size={cfg.patch_size}"
             )
+        self.pool = cfg.get("pool", "token")
+        if self.pool not in POOLS:
+            raise ValueError(f"vision.pool must be one of {POOLS}, got {self.pool!r}")
         self.dtype = dtype
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
@@ -162,6 +168,6 @@ class VisionTransformer(nnx.Module):
         return self.head_proj(tokens)
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        """images `(B, H, W, 3)` → unnormalised embeddings `(B, E)` from the class token."""
+        """images `(B, H, W, 3)` → unnormalised embeddings `(B, E)`, pooled per `vision.pool`."""
         tokens, _ = self.forward_features(images)
-        return self.project(tokens[:, 0])
+        return self.project(tokens[:, 0] if self.pool == "token" else tokens[:, 1:].mean(axis=1))
