@@ -15,25 +15,30 @@ import numpy as np
 METRICS = ("i2t_top1", "i2t_top2", "t2i_top1", "t2i_top2")
 
 
-def batch_retrieval(img: np.ndarray, txt: np.ndarray) -> dict[str, float]:
-    """Top-k hits within one batch of paired `(N, D)` embeddings (row i of each is a pair)."""
+def _hits(img: np.ndarray, txt: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-query top-k hits (bool `(N,)`) within one batch of paired `(N, D)` embeddings."""
     sim = img @ txt.T
-    n = sim.shape[0]
-    target = np.arange(n)
+    target = np.arange(sim.shape[0])
     out = {}
     for name, s in (("i2t", sim), ("t2i", sim.T)):
         # Rank of the true partner: how many candidates score strictly higher.
         rank = np.sum(s > s[target, target][:, None], axis=1)
-        out[f"{name}_top1"] = float(np.mean(rank < 1))
-        out[f"{name}_top2"] = float(np.mean(rank < 2))
+        out[f"{name}_top1"] = rank < 1
+        out[f"{name}_top2"] = rank < 2
     return out
 
 
-def roco_retrieval(
+def batch_retrieval(img: np.ndarray, txt: np.ndarray) -> dict[str, float]:
+    """Top-k accuracy within one batch of paired `(N, D)` embeddings (row i of each is a pair)."""
+    return {k: float(np.mean(v)) for k, v in _hits(img, txt).items()}
+
+
+def query_hits(
     img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0
-) -> dict[str, float]:
-    """Shuffle the pairs with `seed`, split into batches of `batch` (the last partial batch is
-    dropped unless it is the only one), average the per-batch accuracies."""
+) -> dict[str, np.ndarray]:
+    """Per-query hits `(M,)` under the ROCO protocol: shuffle the pairs with `seed`, split into
+    batches of `batch` (the last partial batch is dropped unless it is the only one); query j is
+    the j-th pair of the shuffled order, so two models' hits pair up (McNemar)."""
     img, txt = np.asarray(img, np.float64), np.asarray(txt, np.float64)
     if img.shape != txt.shape or img.ndim != 2 or len(img) < 2:
         raise ValueError(
@@ -42,8 +47,34 @@ def roco_retrieval(
     order = np.random.default_rng(seed).permutation(len(img))
     size = min(batch, len(img))
     chunks = [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
-    per = [batch_retrieval(img[c], txt[c]) for c in chunks]
-    return {k: float(np.mean([p[k] for p in per])) for k in METRICS}
+    per = [_hits(img[c], txt[c]) for c in chunks]
+    return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
+
+
+def roco_retrieval(
+    img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0
+) -> dict[str, float]:
+    """Mean of the per-batch accuracies (= mean of `query_hits`, the batches being equal)."""
+    return {k: float(np.mean(v)) for k, v in query_hits(img, txt, batch=batch, seed=seed).items()}
+
+
+def mcnemar_table(
+    hits_a: dict[str, np.ndarray], hits_b: dict[str, np.ndarray], name_a: str, name_b: str
+) -> str:
+    """Markdown: per metric, McNemar of paired per-query hits of model a vs model b."""
+    from mzs_jax.pipeline.stats import mcnemar
+
+    lines = [
+        f"McNemar, {name_a} vs {name_b} (paired per-query hits, seed-0 shuffle, "
+        f"{len(hits_a[METRICS[0]])} queries; b = only {name_a} right, c = only {name_b} right)",
+        "",
+        "| metric | b | c | statistic | p | test |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in METRICS:
+        r = mcnemar(hits_a[m], hits_b[m])
+        lines.append(f"| {m} | {r.b} | {r.c} | {r.statistic:.3f} | {r.pvalue:.3g} | {r.method} |")
+    return "\n".join(lines) + "\n"
 
 
 def summarize(
@@ -146,6 +177,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--name", default="", help="row name in the table (default: workdir)")
     parser.add_argument(
+        "--baseline",
+        default="",
+        help="a second workdir: also scored, and compared per query with McNemar's test",
+    )
+    parser.add_argument(
         "--out",
         type=pathlib.Path,
         default=None,
@@ -169,13 +205,32 @@ def run(args) -> int:
         workdir=args.workdir,
     )
     img, txt = embed(model, examples)
-    res = summarize(img, txt, batch=args.batch, seeds=args.seeds)
+    rows = [
+        (args.name or str(args.workdir), summarize(img, txt, batch=args.batch, seeds=args.seeds))
+    ]
+    extra = ""
+    if args.baseline:
+        base, base_config = ckpt.restore_model(args.baseline)
+        base_ex = eval_examples(
+            args.data, args.source, args.split, base_config, workdir=args.baseline
+        )
+        b_img, b_txt = embed(base, base_ex)
+        if len(b_img) != len(img):
+            raise ValueError(f"--baseline {args.baseline}: {len(b_img)} pairs, not {len(img)}")
+        rows.append(
+            (str(args.baseline), summarize(b_img, b_txt, batch=args.batch, seeds=args.seeds))
+        )
+        extra = mcnemar_table(
+            query_hits(img, txt, batch=args.batch),
+            query_hits(b_img, b_txt, batch=args.batch),
+            rows[0][0],
+            rows[1][0],
+        )
     out = args.out or pathlib.Path(args.workdir) / "retrieval"
-    print(
-        write_tables(
-            [(args.name or str(args.workdir), res)], out, seeds=args.seeds, batch=args.batch
-        ),
-        end="",
-    )
+    text = write_tables(rows, out, seeds=args.seeds, batch=args.batch)
+    if extra:
+        text += "\n" + extra
+        out.with_suffix(".md").write_text(text)
+    print(text, end="")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} ({len(img)} pairs)")
     return 0
