@@ -100,7 +100,7 @@ def main(argv: list[str]) -> str:
     p.add_argument("--seeds", default="7,8,9")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--captions", type=int, default=3000)
-    p.add_argument("--pool", default="avg", choices=("token", "avg"))
+    p.add_argument("--pool", default="avg", choices=("token", "avg", "max"))
     p.add_argument("--patch", type=int, default=4)
     p.add_argument("--n", type=int, default=96, help="X-ray phantoms to segment")
     p.add_argument("--methods", default="dense,gscorecam")

@@ -65,10 +65,11 @@ def test_tiny_flax_embeddings_match_open_clip_and_round_trip_bit_exactly():
     _assert_bit_exact(r["sd"], r["roundtrip"])
 
 
-def test_patch_mean_pooling_matches_open_clip_timm_pool_avg():
-    """`vision.pool="avg"` is open_clip's `timm_pool="avg"`: same weights, different pooling."""
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_patch_pooling_matches_open_clip_timm_pool(pool):
+    """`vision.pool` is open_clip's `timm_pool` ("avg", "max"): same weights, other pooling."""
     cfg = clip.model_config("tiny")
-    cfg.vision.pool = "avg"
+    cfg.vision.pool = pool
     r = _compare(cfg)
     assert r["img_diff"] <= PARITY_ATOL
     token = convert.from_open_clip(r["sd"], clip.model_config("tiny"))

@@ -98,3 +98,29 @@ def test_context_disabled_changes_nothing(tmp_path, repo_root):
     batch_on = _first_batch(on, on.config)
     got_on, _ = clip_loss(model_on, batch_on, dense)
     np.testing.assert_allclose(float(got_on), float(got), rtol=1e-6, atol=1e-6)
+
+
+def test_init_from_an_imported_clip_without_context_keeps_the_new_encoder(tmp_path, repo_root):
+    """`config.init` = a workdir holding only the towers (as `mzs import` writes): the towers and
+    logit scale are copied, the context encoder keeps its identity start, and training runs."""
+    from mzs_jax import convert
+    from mzs_jax.models import clip
+
+    plain = clip.model_config("tiny")
+    imported = convert.from_open_clip(convert.random_state_dict(plain, seed=5), plain)
+    ckpt.save_model(tmp_path / "imported", imported, plain, step=0)
+    cfg = _config(repo_root)
+    cfg.init, cfg.total_steps = str(tmp_path / "imported"), 1
+    task = ClipTask(cfg, tmp_path)
+    task.evaluate = None
+    model = task.build_model(nnx.Rngs(1))
+    task.init_from(model)
+    got, want = (jax.tree.leaves(nnx.state(m.visual)) for m in (model, imported))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert float(model.logit_scale[...]) == float(imported.logit_scale[...])
+    assert float(model.context.gate_img[...]) == float(model.context.gate_txt[...]) == 0.0
+    last = fit(task, cfg, tmp_path / "run")
+    assert np.isfinite(last["loss"])
+    trained, mc = ckpt.restore_model(tmp_path / "run")
+    assert mc.context.enabled and trained.context is not None

@@ -13,8 +13,9 @@ from flax import nnx
 
 TAP_POINTS = ("norm1", "norm2")
 # "token": class token (timm default, BiomedCLIP); "avg": mean of the patch tokens after the final
-# norm (open_clip `timm_pool="avg"`), so the pooled embedding is the mean of the dense ones.
-POOLS = ("token", "avg")
+# norm (open_clip `timm_pool="avg"`), so the pooled embedding is the mean of the dense ones;
+# "max": per-channel max over the patch tokens (`timm_pool="max"`).
+POOLS = ("token", "avg", "max")
 
 
 def dot_product_attention(
@@ -170,4 +171,7 @@ class VisionTransformer(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         """images `(B, H, W, 3)` → unnormalised embeddings `(B, E)`, pooled per `vision.pool`."""
         tokens, _ = self.forward_features(images)
-        return self.project(tokens[:, 0] if self.pool == "token" else tokens[:, 1:].mean(axis=1))
+        if self.pool == "token":
+            return self.project(tokens[:, 0])
+        patches = tokens[:, 1:]
+        return self.project(patches.mean(axis=1) if self.pool == "avg" else patches.max(axis=1))
