@@ -8,6 +8,12 @@ Without `--clip-workdir` it fine-tunes one tiny CLIP per seed on phantom caption
 architecture untrained as a control (a hit rate the untrained tower also reaches is image
 statistics, not learned localisation). Each model runs `mzs segment` (no DPFEM, CRF-mask segmenter)
 per saliency method; the table gives per-prompt hit rates (mean ± std over seeds, and each seed).
+"cell hit" is the pointing game at the image tower's token resolution (`mzs segment`'s
+`cell_hit`): the saliency argmax's token cell touches the structure; its chance rate is the
+fraction of cells that do (a pixel-exact hit on a 2-px nodule is mostly luck of where inside an
+8-px token the upsampled peak lands). "other prompt" is how often the *other* prompt's map peaks in
+this structure's cells on the same images: text-driven localisation needs cell hit well above it
+(a map that peaks on the image's most distinctive token whatever the prompt scores the same).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import runpy
 import shutil
 import sys
 import tempfile
@@ -22,7 +29,16 @@ import tempfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KEYS = ("hit", "random_hit", "box_iou_raw", "box_iou", "dice")
+KEYS = (
+    "hit",
+    "random_hit",
+    "cell_hit",
+    "random_cell",
+    "other_cell",
+    "box_iou_raw",
+    "box_iou",
+    "dice",
+)
 
 
 def train_clip(workdir: str, a, seed: int) -> None:
@@ -64,11 +80,32 @@ def untrained_copy(trained: str, workdir: str, seed: int) -> None:
     shutil.copytree(pathlib.Path(trained) / "tokenizer", pathlib.Path(workdir) / "tokenizer")
 
 
+def other_prompt_cells(out: pathlib.Path, rows: list[dict], cfg, grid: int) -> None:
+    """Adds `other_cell` to each row: the other prompts' maps peak in this row's structure."""
+    import numpy as np
+
+    from mzs_jax.pipeline.zeroshot import _slug, token_cells
+    from mzs_jax.pipeline.zeroshot_data import load_cases
+
+    gts = {c["id"]: c["gt"] for c in load_cases(cfg)[0]}  # the cases `mzs segment` ran on
+    for r in rows:
+        if "hit" not in r:
+            continue
+        cells = token_cells(gts[r["case"]][r["class"]], grid)
+        hits = []
+        for other in (p for p in cfg.prompts if p != r["class"]):
+            sal = np.load(out / "saliency" / f"{r['case']}_{_slug(other)}.npy")
+            iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
+            hits.append(cells[iy * grid // sal.shape[0], ix * grid // sal.shape[1]])
+        r["other_cell"] = float(np.mean(hits))
+
+
 def segment(clip_wd: str, out: pathlib.Path, method: str, n: int) -> dict[str, dict]:
     """prompt → means of KEYS over the cases with that structure."""
     import numpy as np
 
     from mzs_jax import cli
+    from mzs_jax.train.checkpoint import read_model_config
 
     rc = cli.main(
         [
@@ -87,6 +124,10 @@ def segment(clip_wd: str, out: pathlib.Path, method: str, n: int) -> dict[str, d
     if rc:
         raise RuntimeError(f"segment failed for {method} ({clip_wd})")
     rows = [json.loads(x) for x in (out / "cases.jsonl").read_text().splitlines()]
+    cfg = runpy.run_path(str(REPO / "configs/zeroshot_phantom.py"))["get_config"](method)
+    cfg.data.n = n
+    v = read_model_config(clip_wd).vision
+    other_prompt_cells(out, rows, cfg, int(v.image_size) // int(v.patch_size))
     result = {}
     for prompt in sorted({r["class"] for r in rows}):
         sel = [r for r in rows if r["class"] == prompt and "hit" in r]
@@ -134,8 +175,8 @@ def main(argv: list[str]) -> str:
         f"### Stage 2 on X-ray phantoms ({a.clip_workdir or arch}; {a.n} images)",
         "",
         "| CLIP | method | prompt | n | hit mean ± std | hit per seed | random point "
-        "| box IoU raw thr | box IoU CRF+box | Dice |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cell hit | random cell | other prompt | box IoU raw thr | box IoU CRF+box | Dice |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, wds in models.items():
         for method in a.methods.split(","):
@@ -146,7 +187,9 @@ def main(argv: list[str]) -> str:
                 lines.append(
                     f"| {kind} | {method} | {prompt} | {per[0]['n']} | {np.mean(hits):.3f} ± "
                     f"{np.std(hits):.3f} | {' '.join(f'{h:.3f}' for h in hits)} | "
-                    f"{m['random_hit']:.3f} | {m['box_iou_raw']:.3f} | {m['box_iou']:.3f} | "
+                    f"{m['random_hit']:.3f} | {m['cell_hit']:.3f} | {m['random_cell']:.3f} | "
+                    f"{m['other_cell']:.3f} | "
+                    f"{m['box_iou_raw']:.3f} | {m['box_iou']:.3f} | "
                     f"{m['dice']:.3f} |"
                 )
     return "\n".join(lines)

@@ -67,6 +67,7 @@ def test_segment_writes_masks_figures_metrics_and_resumes(
     assert len(csv_rows) == 1 + 8
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 8 and 0 <= summary["random_hit"] <= 1
+    assert summary["random_hit"] <= summary["random_cell"] <= 1  # a cell is coarser than a pixel
     assert (out / "dpfem" / "ckpt").is_dir() == dpfem
     # Stage 3 reads this workdir as its training set: images/<id>.npy + masks/<id>_<class>.png.
     classes = sorted({r["class"] for r in records})
@@ -186,3 +187,22 @@ def test_torch_and_jax_saliency_backends_give_the_same_maps_in_the_pipeline(
     for name, a in maps["jax"].items():
         b = maps["torch"][name]
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99, name
+
+
+def test_token_cells_and_the_cell_pointing_game_on_a_non_square_image():
+    from mzs_jax.pipeline import postprocess
+    from mzs_jax.pipeline.zeroshot import localisation, token_cells
+
+    gt = np.zeros((12, 20), bool)
+    gt[5, 9] = True  # rows 0-2|3-5|6-8|9-11 and columns 0-4|5-9|10-14|15-19 on a 4×4 grid
+    cells = token_cells(gt, 4)
+    assert cells.sum() == 1 and cells[1, 1]
+    sal = np.zeros((12, 20), np.float32)
+    sal[3, 5] = 1.0  # same cell as the structure, but not on it
+    refined = postprocess.refine(np.zeros((12, 20)), sal, postprocess.default_config())
+    r = localisation(sal, refined, gt, grid=4)
+    assert r["hit"] == 0.0 and r["cell_hit"] == 1.0
+    assert r["random_hit"] == 1 / 240 and r["random_cell"] == 1 / 16
+    sal[3, 5], sal[11, 19] = 0.0, 1.0
+    assert localisation(sal, refined, gt, grid=4)["cell_hit"] == 0.0
+    assert "cell_hit" not in localisation(sal, refined, gt)

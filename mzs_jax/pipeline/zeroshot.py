@@ -149,12 +149,26 @@ def _torch_clip(model, model_cfg, workdir):
 # ----------------------------------------------------------------------------- outputs
 
 
-def localisation(sal: np.ndarray, refined: postprocess.Refined, gt: np.ndarray) -> dict:
+def token_cells(gt: np.ndarray, grid: int) -> np.ndarray:
+    """Bool `(grid, grid)`: which cells of the image tower's token grid touch the mask `gt`."""
+    h, w = gt.shape
+    cy, cx = np.arange(h) * grid // h, np.arange(w) * grid // w
+    cells = np.zeros((grid, grid), bool)
+    np.logical_or.at(cells, (cy[:, None].repeat(w, 1), cx[None, :].repeat(h, 0)), gt)
+    return cells
+
+
+def localisation(
+    sal: np.ndarray, refined: postprocess.Refined, gt: np.ndarray, grid: int | None = None
+) -> dict:
     """Pointing game and box IoU of one map against a GT mask (all `(H, W)`).
 
     `hit`: the saliency argmax lies in the GT; `random_hit`: the chance a uniform random point
-    does (GT area fraction); `box_iou_raw`: tightest box of min–max saliency > 0.5 (no CRF, no
-    closing) vs the GT box; `box_iou`: the pipeline's box vs the GT box (0 when either is empty).
+    does (GT area fraction); with `grid` (the CLIP's token grid side), `cell_hit`: the argmax's
+    token cell touches the GT, and `random_cell`: the fraction of cells that do (the pointing game
+    at the resolution the model sees; a tolerance as in Zhang et al.'s pointing game);
+    `box_iou_raw`: tightest box of min–max saliency > 0.5 (no CRF, no closing) vs the GT box;
+    `box_iou`: the pipeline's box vs the GT box (0 when either is empty).
     """
     if not gt.any():
         return {}
@@ -165,12 +179,20 @@ def localisation(sal: np.ndarray, refined: postprocess.Refined, gt: np.ndarray) 
     def biou(b):
         return postprocess.box_iou(b[0], gt_box[0]) if len(b) and len(gt_box) else 0.0
 
-    return {
+    out = {
         "hit": float(gt[iy, ix]),
         "random_hit": float(gt.mean()),
         "box_iou_raw": biou(raw_box),
         "box_iou": biou(refined.boxes),
     }
+    if grid:
+        cells = token_cells(gt, grid)
+        h, w = gt.shape
+        out.update(
+            cell_hit=float(cells[iy * grid // h, ix * grid // w]),
+            random_cell=float(cells.mean()),
+        )
+    return out
 
 
 def save_png(mask: np.ndarray, path: pathlib.Path) -> None:
@@ -295,7 +317,8 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
                 workdir / "per_case.csv",
                 append=True,
             )
-            record.update(iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt))
+            grid = size // int(model_cfg.vision.patch_size)
+            record.update(iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt, grid))
         if cfg.figures:
             save_figure(
                 workdir / "figures" / f"{c['id']}_{_slug(n)}.png",
@@ -346,7 +369,7 @@ def _dpfem(cfg, workdir, items, sal, rgb) -> dict:
 
 def summarize(records: list[dict]) -> dict:
     """Means over records with ground truth: IoU, Dice, pointing game vs random, box IoUs."""
-    keys = ("iou", "dice", "hit", "random_hit", "box_iou_raw", "box_iou")
+    keys = ("iou", "dice", "hit", "random_hit", "cell_hit", "random_cell", "box_iou_raw", "box_iou")
     out = {}
     for k in keys:
         vals = [r[k] for r in records if k in r]
