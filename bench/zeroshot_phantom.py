@@ -2,7 +2,7 @@
 box IoU of raw thresholding vs the CRF + closing + box path.
 
     python bench/zeroshot_phantom.py [--clip-workdir W] [--seeds 7,8,9] [--steps 500]
-        [--pool avg] [--patch 4] [--n 96] [--methods dense,gscorecam] [--quick]
+        [--pool token|avg|max] [--patch 8] [--n 96] [--methods dense,gscorecam] [--quick]
 Without `--clip-workdir` it fine-tunes one tiny CLIP per seed on phantom captions
 (`configs/phantom.py`, `--steps` steps, image tower `--pool`/`--patch`), and builds the same
 architecture untrained as a control (a hit rate the untrained tower also reaches is image
@@ -141,8 +141,8 @@ def main(argv: list[str]) -> str:
     p.add_argument("--seeds", default="7,8,9")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--captions", type=int, default=3000)
-    p.add_argument("--pool", default="avg", choices=("token", "avg", "max"))
-    p.add_argument("--patch", type=int, default=4)
+    p.add_argument("--pool", default="token", choices=("token", "avg", "max"))
+    p.add_argument("--patch", type=int, default=8)
     p.add_argument("--n", type=int, default=96, help="X-ray phantoms to segment")
     p.add_argument("--methods", default="dense,gscorecam")
     p.add_argument("--quick", action="store_true", help="1 seed, 40 steps, 16 images, dense")
