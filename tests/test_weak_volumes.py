@@ -42,8 +42,15 @@ def test_acdc_volumes_are_predicted_in_original_geometry_and_scored_volume_wise(
         p, g = nib.load(str(f)), nib.load(str(gt / f.name))
         assert p.shape == g.shape
         np.testing.assert_allclose(p.affine, g.affine)
+        soft = np.load(f.with_name(f.name.removesuffix(".nii.gz") + "_prob.npy"))
+        assert soft.shape == (4, *g.shape) and soft.dtype == np.float16
+        np.testing.assert_allclose(soft.astype(np.float32).sum(0), 1.0, atol=1e-2)
+        # The soft maps and the labels agree where the argmax is clear.
+        clear = np.sort(soft, 0)[-1] - np.sort(soft, 0)[-2] > 0.2
+        assert (soft.argmax(0) == np.asarray(p.dataobj))[clear].mean() > 0.95
     rows = evaluate.evaluate_dirs(pred, gt, method="resunet", dataset="acdc", classes=[1, 2, 3])
     assert len(rows) == 4 * 3  # one row per volume and class: volume-wise
+    assert any(np.isfinite(r["auc"]) for r in rows)  # soft maps found and scored
     assert {r["case"] for r in rows} == {f.name.removesuffix(".nii.gz") for f in files}
 
 
@@ -65,13 +72,18 @@ def test_synapse_test_volumes_are_predicted_and_scored_volume_wise(tmp_path):
                 str(pred),
                 "--gt-out",
                 str(gt),
+                "--soft-maps",
             ]
         )
         == 0
     )
-    files = sorted(pred.glob("*.npy"))
+    files = sorted(f for f in pred.glob("*.npy") if not f.name.endswith("_prob.npy"))
     assert files and all(np.load(f).shape == np.load(gt / f.name).shape for f in files)
+    for f in files:
+        soft = np.load(f.with_name(f.stem + "_prob.npy"))
+        assert soft.shape == (9, *np.load(f).shape) and soft.dtype == np.float16
     rows = evaluate.evaluate_dirs(
         pred, gt, method="resunet", dataset="synapse", classes=list(range(1, 9))
     )
     assert len(rows) == len(files) * 8
+    assert any(np.isfinite(r["auc"]) for r in rows)

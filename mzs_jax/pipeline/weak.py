@@ -276,14 +276,14 @@ def predict_folder(workdir, images_dir, out_dir) -> list[pathlib.Path]:
     return written
 
 
-def predict_slices(model, slices: np.ndarray, size: int) -> np.ndarray:
-    """Label maps `(Z, H, W)` of a stack of slices `(Z, H, W)`, each resized to the model's
-    `size` and its class probabilities resized back before the argmax."""
+def predict_slices(model, slices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label maps `(Z, H, W)` int16 and class probabilities `(C, Z, H, W)` float32 of a stack of
+    slices `(Z, H, W)`: each slice resized to the model's `size`, its probabilities resized back
+    before the argmax."""
     z, h, w = slices.shape
     x = np.stack([resize_image(s[..., None], size).reshape(size, size, -1) for s in slices])
-    return np.stack([resize_image(p, (h, w)).argmax(-1) for p in predict(model, x)]).astype(
-        np.int16
-    )
+    probs = np.stack([resize_image(p, (h, w)).reshape(h, w, -1) for p in predict(model, x)])
+    return probs.argmax(-1).astype(np.int16), np.moveaxis(probs, -1, 0).astype(np.float32)
 
 
 def _restore_resunet(workdir):
@@ -299,26 +299,38 @@ def predict_acdc(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
     """Slice-wise prediction of every volume of `data.acdc.AcdcSlices` (resampled, z-scored
     grid), written back as NIfTI `<name>.nii.gz` in the original geometry; with `gt_dir`, the
     matching ground-truth files are copied there under the same names, so `mzs evaluate` scores
-    them volume-wise (the paper)."""
+    them volume-wise (the paper). Beside each volume, `<name>_prob.npy`: class probabilities
+    `(C, H, W, Z)` float16 on the original grid (linear resampling), for AUC."""
     import shutil
+
+    import nibabel as nib
+
+    from mzs_jax.data.volumes import resample
 
     model, size = _restore_resunet(workdir)
     written = []
     for k, v in enumerate(source.volumes):
         image, _ = source.volume(k)  # (H, W, Z)
-        labels = predict_slices(model, np.moveaxis(image, -1, 0), size)
+        labels, probs = predict_slices(model, np.moveaxis(image, -1, 0), size)
         name = pathlib.Path(v.image).name.removesuffix(".gz").removesuffix(".nii")
         path = pathlib.Path(out_dir) / f"{name}.nii.gz"
         written.append(source.write_prediction(k, np.moveaxis(labels, 0, -1), path))
+        shape = tuple(int(n) for n in nib.load(str(v.image)).shape[:3])
+        soft = [resample(np.moveaxis(p, 0, -1), shape, order=1) for p in probs]
+        np.save(path.with_name(f"{name}_prob.npy"), np.stack(soft).astype(np.float16))
         if gt_dir is not None:
             pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(v.label, pathlib.Path(gt_dir) / f"{name}.nii.gz")
     return written
 
 
-def predict_synapse(workdir, root, out_dir, gt_dir=None) -> list[pathlib.Path]:
+def predict_synapse(
+    workdir, root, out_dir, gt_dir=None, soft_maps: bool = False
+) -> list[pathlib.Path]:
     """Slice-wise prediction of every Synapse test volume (`test_vol_h5/<case>.npy.h5`), saved
-    as `<case>.npy` label volumes `(Z, H, W)` (and the ground truth likewise in `gt_dir`)."""
+    as `<case>.npy` label volumes `(Z, H, W)` (and the ground truth likewise in `gt_dir`).
+    `soft_maps`: also `<case>_prob.npy`, `(9, Z, H, W)` float16 (about 0.5 GB per 512² volume of
+    100 slices, hence opt-in), for AUC."""
     from mzs_jax.data.synapse import SynapseSlices, load_h5_volume
 
     model, size = _restore_resunet(workdir)
@@ -329,7 +341,10 @@ def predict_synapse(workdir, root, out_dir, gt_dir=None) -> list[pathlib.Path]:
     for path in source.files:
         image, label = load_h5_volume(path)
         case = source._case(path)
-        np.save(out_dir / f"{case}.npy", predict_slices(model, image, size))
+        labels, probs = predict_slices(model, image, size)
+        np.save(out_dir / f"{case}.npy", labels)
+        if soft_maps:
+            np.save(out_dir / f"{case}_prob.npy", probs.astype(np.float16))
         written.append(out_dir / f"{case}.npy")
         if gt_dir is not None:
             pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
@@ -357,6 +372,11 @@ def add_arguments(parser) -> None:
         help="skip training; predict the Synapse test volumes as <case>.npy",
     )
     parser.add_argument("--split", default="val", help="ACDC split for --predict-acdc")
+    parser.add_argument(
+        "--soft-maps",
+        action="store_true",
+        help="with --predict-synapse: also write <case>_prob.npy (float16; large) for AUC",
+    )
     parser.add_argument(
         "--gt-out",
         type=pathlib.Path,
@@ -386,7 +406,9 @@ def run(args) -> int:
     if args.predict_synapse is not None:
         if args.out is None:
             raise ValueError("--predict-synapse needs --out")
-        written = predict_synapse(args.workdir, args.predict_synapse, args.out, args.gt_out)
+        written = predict_synapse(
+            args.workdir, args.predict_synapse, args.out, args.gt_out, args.soft_maps
+        )
         print(f"wrote {len(written)} volumes to {args.out}")
         return 0
     if args.config is None:
