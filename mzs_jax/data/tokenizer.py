@@ -120,6 +120,9 @@ def build_wordpiece_tokenizer(
 
     Used for phantom captions, whose words PubMedBERT is not needed for. `vocab_size` is an upper
     bound (a small corpus yields fewer tokens); keep it ≤ the text tower's `text.vocab_size`.
+    Not reproducible across builds: the tokenizers trainer numbers `##` sub-words in hash-map
+    order, and those ids break merge ties (huggingface/tokenizers#1794, fix pending in #2066).
+    Build once and keep the directory: `mzs train-clip` saves it into its workdir.
     """
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
