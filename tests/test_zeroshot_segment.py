@@ -164,6 +164,52 @@ def test_acdc_volumes_are_segmented_slice_by_slice_and_written_in_original_geome
         assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2, 3}
 
 
+def test_synapse_test_volumes_are_segmented_and_scored_volume_wise(
+    clip_workdir, tmp_path, monkeypatch, repo_root
+):
+    from mzs_jax.data.phantom_formats import write_synapse
+    from mzs_jax.pipeline import evaluate
+    from mzs_jax.pipeline.zeroshot import _slug
+
+    monkeypatch.chdir(repo_root)
+    write_synapse(tmp_path / "synapse", 5, size=32, n_slices=3)
+    out = tmp_path / "seg"
+    argv = [
+        "segment",
+        "--config",
+        "configs/zeroshot_synapse.py:dense",
+        "--workdir",
+        str(out),
+        f"--config.clip_workdir={clip_workdir}",
+        f"--config.data.path={tmp_path / 'synapse'}",
+        "--config.data.n=1",
+        "--config.dpfem.enabled=False",
+        "--config.figures=False",
+        "--config.segmenter.name=crf",
+    ]
+    assert cli.main(argv) == 0
+    (pred,) = sorted((out / "volumes").glob("*.npy"))
+    labels, gt = np.load(pred), np.load(out / "volumes_gt" / pred.name)
+    assert labels.shape == gt.shape and labels.shape[0] == 3  # (Z, H, W)
+    assert set(np.unique(labels).tolist()) <= set(range(9))
+    # Each slice's masks land in its own plane; the last prompt (stomach, 8) is written last.
+    for z in range(3):
+        masks = {
+            name: np.asarray(Image.open(out / "masks" / f"{pred.stem}_z{z:03d}_{_slug(name)}.png"))
+            > 0
+            for name in ("aorta", "gallbladder", "left kidney", "right kidney", "liver",
+                         "pancreas", "spleen", "stomach")
+        }  # fmt: skip
+        np.testing.assert_array_equal(labels[z] > 0, np.any(list(masks.values()), axis=0))
+        assert np.all(labels[z][masks["stomach"]] == 8)
+    assert (labels > 0).any()
+    rows = evaluate.evaluate_dirs(
+        out / "volumes", out / "volumes_gt", method="zeroshot", dataset="synapse",
+        classes=list(range(1, 9)),
+    )  # fmt: skip
+    assert len(rows) == 8
+
+
 @pytest.mark.slow
 def test_torch_and_jax_saliency_backends_give_the_same_maps_in_the_pipeline(
     clip_workdir, tmp_path, monkeypatch, repo_root

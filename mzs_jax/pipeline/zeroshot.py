@@ -28,8 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "phantom-xray"
     c.clip_workdir = ""  # a `mzs train-clip` / `mzs import` workdir (model_config.json + ckpt)
     c.tokenizer = ""  # "" = CLIP_WORKDIR/tokenizer
-    # source: phantom (kind, n, seed, size) | covidqu (path, split, task) | acdc (path, split);
-    # n > 0 limits the images (2D) or volumes (ACDC).
+    # source: phantom (kind, n, seed, size) | covidqu (path, split, task) | acdc (path, split)
+    # | synapse (path: the test_vol_h5 volumes); n > 0 limits the images (2D) or volumes (3D).
     c.data = ml_collections.ConfigDict(
         {
             "source": "phantom",

@@ -1,5 +1,6 @@
-"""Cases for `mzs segment` (stage 2): phantoms, COVID-QU-Ex (2D) and ACDC (volumes, slice by
-slice, written back as NIfTI in the original geometry) through F6's loaders."""
+"""Cases for `mzs segment` (stage 2): phantoms, COVID-QU-Ex (2D), ACDC (volumes, slice by slice,
+written back as NIfTI in the original geometry) and Synapse test volumes (slice by slice, written
+as `(Z, H, W)` label volumes like `mzs train-weak --predict-synapse`) through F6's loaders."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-SOURCES = ("phantom", "covidqu", "acdc")
+SOURCES = ("phantom", "covidqu", "acdc", "synapse")
 
 
 def load_cases(cfg: ml_collections.ConfigDict) -> tuple[list[dict], dict]:
@@ -23,6 +24,8 @@ def load_cases(cfg: ml_collections.ConfigDict) -> tuple[list[dict], dict]:
         return _covidqu(cfg), {}
     if source == "acdc":
         return _acdc(cfg)
+    if source == "synapse":
+        return _synapse(cfg)
     raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
 
 
@@ -93,7 +96,7 @@ def _acdc(cfg) -> tuple[list[dict], dict]:
         image, label = src.volume(k)
         image = to_unit_range(image)
         vid = pathlib.Path(v.image).name.split(".")[0]  # e.g. patient001_frame01
-        volumes[vid] = {"reference": str(v.image), "slices": [], "shape": image.shape}
+        volumes[vid] = {"reference": str(v.image), "slices": [], "shape": image.shape, "axis": 2}
         for z in range(image.shape[2]):
             cid = f"{vid}_z{z:03d}"
             gt = {name: np.isin(label[:, :, z], _labels(cfg, name)) for name in cfg.prompts}
@@ -102,19 +105,49 @@ def _acdc(cfg) -> tuple[list[dict], dict]:
     return cases, volumes
 
 
+def _synapse(cfg) -> tuple[list[dict], dict]:
+    """Test volumes `test_vol_h5/<case>.npy.h5` (TransUNet preprocessing: CT clipped to
+    [-125, 275] HU and scaled to [0, 1]), one case per axial slice."""
+    from mzs_jax.data.synapse import SynapseSlices, load_h5_volume
+
+    src = SynapseSlices(cfg.data.path, split="test")
+    cases, volumes = [], {}
+    for path in src.files[: _limit(len(src.files), cfg)]:
+        image, label = load_h5_volume(path)
+        vid = src._case(path)
+        volumes[vid] = {"slices": [], "shape": image.shape, "axis": 0, "gt": label}
+        for z in range(image.shape[0]):
+            cid = f"{vid}_z{z:03d}"
+            gt = {name: np.isin(label[z], _labels(cfg, name)) for name in cfg.prompts}
+            cases.append({"id": cid, "image": np.clip(image[z], 0, 1)[..., None], "gt": gt})
+            volumes[vid]["slices"].append(cid)
+    return cases, volumes
+
+
 def write_volumes(cfg, workdir: pathlib.Path, volumes: dict, mask_path) -> list[pathlib.Path]:
-    """Stack each volume's slice masks into a label map (label id of each prompt class) on the
-    resampled grid and write it as NIfTI in the geometry of the original image."""
+    """Stack each volume's slice masks into a label map (label id of each prompt class). With a
+    `reference` NIfTI (ACDC), write it in the geometry of the original image; otherwise (Synapse)
+    save `volumes/<id>.npy` `(Z, H, W)` and the ground truth as `volumes_gt/<id>.npy`, the pair
+    `mzs evaluate --pred W/volumes --gt W/volumes_gt` scores volume-wise."""
     from mzs_jax.data.volumes import write_prediction
 
     written = []
     for vid, v in volumes.items():
         labels = np.zeros(v["shape"], np.int16)
         for z, cid in enumerate(v["slices"]):
+            index = [slice(None)] * 3
+            index[v["axis"]] = z
+            plane = labels[tuple(index)]  # a view: writes go into `labels`
             for name in cfg.prompts:
                 mask = np.asarray(Image.open(mask_path(cid, name))) > 0
-                labels[:, :, z][mask] = _labels(cfg, name)[0]
-        written.append(
-            write_prediction(labels, v["reference"], workdir / "volumes" / f"{vid}.nii.gz")
-        )
+                plane[mask] = _labels(cfg, name)[0]
+        if "reference" in v:
+            out = workdir / "volumes" / f"{vid}.nii.gz"
+            written.append(write_prediction(labels, v["reference"], out))
+            continue
+        (workdir / "volumes").mkdir(parents=True, exist_ok=True)
+        (workdir / "volumes_gt").mkdir(parents=True, exist_ok=True)
+        np.save(workdir / "volumes" / f"{vid}.npy", labels)
+        np.save(workdir / "volumes_gt" / f"{vid}.npy", v["gt"].astype(np.int16))
+        written.append(workdir / "volumes" / f"{vid}.npy")
     return written
