@@ -84,7 +84,7 @@ def other_prompt_cells(out: pathlib.Path, rows: list[dict], cfg, grid: int) -> N
     """Adds `other_cell` to each row: the other prompts' maps peak in this row's structure."""
     import numpy as np
 
-    from mzs_jax.pipeline.zeroshot import _slug, token_cells
+    from mzs_jax.pipeline.zeroshot import _slug, peak_cell, token_cells
     from mzs_jax.pipeline.zeroshot_data import load_cases
 
     gts = {c["id"]: c["gt"] for c in load_cases(cfg)[0]}  # the cases `mzs segment` ran on
@@ -95,8 +95,7 @@ def other_prompt_cells(out: pathlib.Path, rows: list[dict], cfg, grid: int) -> N
         hits = []
         for other in (p for p in cfg.prompts if p != r["class"]):
             sal = np.load(out / "saliency" / f"{r['case']}_{_slug(other)}.npy")
-            iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
-            hits.append(cells[iy * grid // sal.shape[0], ix * grid // sal.shape[1]])
+            hits.append(cells[peak_cell(sal, grid)])
         r["other_cell"] = float(np.mean(hits))
 
 

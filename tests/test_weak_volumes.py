@@ -12,30 +12,20 @@ from mzs_jax.pipeline import evaluate
 from mzs_jax.train.checkpoint import save_model
 
 
+def _predict(tmp_path, num_classes: int, *flags: str):
+    """A random tiny ResUNet workdir, then `mzs train-weak` with `flags` → (PRED, GT) folders."""
+    cfg = resunet.model_config("tiny", num_classes=num_classes, image_size=32)
+    save_model(tmp_path / "w", resunet.ResUNet(cfg, rngs=nnx.Rngs(0)), cfg)
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    argv = ["train-weak", "--workdir", str(tmp_path / "w"), *flags]
+    assert cli.main([*argv, "--out", str(pred), "--gt-out", str(gt)]) == 0
+    return pred, gt
+
+
 def test_acdc_volumes_are_predicted_in_original_geometry_and_scored_volume_wise(tmp_path):
     root = tmp_path / "acdc"
     write_acdc(root, 2, size=32, n_slices=4)
-    cfg = resunet.model_config("tiny", num_classes=4, image_size=32)
-    save_model(tmp_path / "w", resunet.ResUNet(cfg, rngs=nnx.Rngs(0)), cfg)
-    pred, gt = tmp_path / "pred", tmp_path / "gt"
-    assert (
-        cli.main(
-            [
-                "train-weak",
-                "--workdir",
-                str(tmp_path / "w"),
-                "--predict-acdc",
-                str(root),
-                "--split",
-                "all",
-                "--out",
-                str(pred),
-                "--gt-out",
-                str(gt),
-            ]
-        )
-        == 0
-    )
+    pred, gt = _predict(tmp_path, 4, "--predict-acdc", str(root), "--split", "all")
     files = sorted(pred.glob("*.nii.gz"))
     assert len(files) == 4  # 2 patients x (ED, ES)
     for f in files:
@@ -57,26 +47,7 @@ def test_acdc_volumes_are_predicted_in_original_geometry_and_scored_volume_wise(
 def test_synapse_test_volumes_are_predicted_and_scored_volume_wise(tmp_path):
     root = tmp_path / "synapse"
     write_synapse(root, 5, size=32, n_slices=4)
-    cfg = resunet.model_config("tiny", num_classes=9, image_size=32)
-    save_model(tmp_path / "w", resunet.ResUNet(cfg, rngs=nnx.Rngs(0)), cfg)
-    pred, gt = tmp_path / "pred", tmp_path / "gt"
-    assert (
-        cli.main(
-            [
-                "train-weak",
-                "--workdir",
-                str(tmp_path / "w"),
-                "--predict-synapse",
-                str(root),
-                "--out",
-                str(pred),
-                "--gt-out",
-                str(gt),
-                "--soft-maps",
-            ]
-        )
-        == 0
-    )
+    pred, gt = _predict(tmp_path, 9, "--predict-synapse", str(root), "--soft-maps")
     files = sorted(f for f in pred.glob("*.npy") if not f.name.endswith("_prob.npy"))
     assert files and all(np.load(f).shape == np.load(gt / f.name).shape for f in files)
     for f in files:

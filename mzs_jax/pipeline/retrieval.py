@@ -131,8 +131,10 @@ def write_tables(
     *,
     seeds: int,
     batch: int,
+    notes: str = "",
 ) -> str:
-    """`out.csv` (one row per model, mean and std columns) and `out.md`; returns the Markdown."""
+    """`out.csv` (one row per model, mean and std columns) and `out.md` (the table, then `notes`
+    after a blank line if given); returns the Markdown."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.writer(f)
@@ -152,7 +154,7 @@ def write_tables(
             + " | ".join(f"{100 * res[m][0]:.2f} ± {100 * res[m][1]:.2f}" for m in METRICS)
             + " |"
         )
-    text = "\n".join(md) + "\n"
+    text = "\n".join(md) + "\n" + (f"\n{notes}" if notes else "")
     out.with_suffix(".md").write_text(text)
     return text
 
@@ -189,48 +191,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args) -> int:
+def _embed_workdir(args, workdir, tokenizer: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Image and text embeddings of `--data` with the model in `workdir`."""
     from mzs_jax.train import checkpoint as ckpt
     from mzs_jax.train.clip_task import eval_examples
 
+    model, model_config = ckpt.restore_model(workdir)
+    examples = eval_examples(
+        args.data, args.source, args.split, model_config, tokenizer=tokenizer, workdir=workdir
+    )
+    return embed(model, examples)
+
+
+def run(args) -> int:
     if args.workdir is None:
         raise ValueError("--workdir is required (a training workdir or one made by `mzs import`)")
-    model, model_config = ckpt.restore_model(args.workdir)
-    examples = eval_examples(
-        args.data,
-        args.source,
-        args.split,
-        model_config,
-        tokenizer=args.tokenizer or None,
-        workdir=args.workdir,
-    )
-    img, txt = embed(model, examples)
+    img, txt = _embed_workdir(args, args.workdir, args.tokenizer or None)
     rows = [
         (args.name or str(args.workdir), summarize(img, txt, batch=args.batch, seeds=args.seeds))
     ]
-    extra = ""
-    if args.baseline:
-        base, base_config = ckpt.restore_model(args.baseline)
-        base_ex = eval_examples(
-            args.data, args.source, args.split, base_config, workdir=args.baseline
-        )
-        b_img, b_txt = embed(base, base_ex)
+    notes = ""
+    if args.baseline:  # scored with its own workdir's tokenizer
+        b_img, b_txt = _embed_workdir(args, args.baseline, None)
         if len(b_img) != len(img):
             raise ValueError(f"--baseline {args.baseline}: {len(b_img)} pairs, not {len(img)}")
         rows.append(
             (str(args.baseline), summarize(b_img, b_txt, batch=args.batch, seeds=args.seeds))
         )
-        extra = mcnemar_table(
+        notes = mcnemar_table(
             query_hits(img, txt, batch=args.batch),
             query_hits(b_img, b_txt, batch=args.batch),
             rows[0][0],
             rows[1][0],
         )
     out = args.out or pathlib.Path(args.workdir) / "retrieval"
-    text = write_tables(rows, out, seeds=args.seeds, batch=args.batch)
-    if extra:
-        text += "\n" + extra
-        out.with_suffix(".md").write_text(text)
-    print(text, end="")
+    print(write_tables(rows, out, seeds=args.seeds, batch=args.batch, notes=notes), end="")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} ({len(img)} pairs)")
     return 0

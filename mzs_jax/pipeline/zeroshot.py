@@ -158,6 +158,12 @@ def token_cells(gt: np.ndarray, grid: int) -> np.ndarray:
     return cells
 
 
+def peak_cell(sal: np.ndarray, grid: int) -> tuple[int, int]:
+    """Token-grid cell `(row, col)` of the argmax of a map `(H, W)` (cells as `token_cells`)."""
+    iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    return int(iy) * grid // sal.shape[0], int(ix) * grid // sal.shape[1]
+
+
 def localisation(
     sal: np.ndarray, refined: postprocess.Refined, gt: np.ndarray, grid: int | None = None
 ) -> dict:
@@ -187,11 +193,7 @@ def localisation(
     }
     if grid:
         cells = token_cells(gt, grid)
-        h, w = gt.shape
-        out.update(
-            cell_hit=float(cells[iy * grid // h, ix * grid // w]),
-            random_cell=float(cells.mean()),
-        )
+        out.update(cell_hit=float(cells[peak_cell(sal, grid)]), random_cell=float(cells.mean()))
     return out
 
 

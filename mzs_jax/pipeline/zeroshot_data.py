@@ -115,7 +115,8 @@ def _synapse(cfg) -> tuple[list[dict], dict]:
     for path in src.files[: _limit(len(src.files), cfg)]:
         image, label = load_h5_volume(path)
         vid = src._case(path)
-        volumes[vid] = {"slices": [], "shape": image.shape, "axis": 0, "gt": label}
+        gt_volume = label.astype(np.int16)  # kept until the volumes are written (ids 0..8)
+        volumes[vid] = {"slices": [], "shape": image.shape, "axis": 0, "gt": gt_volume}
         for z in range(image.shape[0]):
             cid = f"{vid}_z{z:03d}"
             gt = {name: np.isin(label[z], _labels(cfg, name)) for name in cfg.prompts}
@@ -135,9 +136,7 @@ def write_volumes(cfg, workdir: pathlib.Path, volumes: dict, mask_path) -> list[
     for vid, v in volumes.items():
         labels = np.zeros(v["shape"], np.int16)
         for z, cid in enumerate(v["slices"]):
-            index = [slice(None)] * 3
-            index[v["axis"]] = z
-            plane = labels[tuple(index)]  # a view: writes go into `labels`
+            plane = np.moveaxis(labels, v["axis"], 0)[z]  # a view: writes go into `labels`
             for name in cfg.prompts:
                 mask = np.asarray(Image.open(mask_path(cid, name))) > 0
                 plane[mask] = _labels(cfg, name)[0]
@@ -148,6 +147,6 @@ def write_volumes(cfg, workdir: pathlib.Path, volumes: dict, mask_path) -> list[
         (workdir / "volumes").mkdir(parents=True, exist_ok=True)
         (workdir / "volumes_gt").mkdir(parents=True, exist_ok=True)
         np.save(workdir / "volumes" / f"{vid}.npy", labels)
-        np.save(workdir / "volumes_gt" / f"{vid}.npy", v["gt"].astype(np.int16))
+        np.save(workdir / "volumes_gt" / f"{vid}.npy", v["gt"])
         written.append(workdir / "volumes" / f"{vid}.npy")
     return written
