@@ -398,6 +398,13 @@ def ct_volume(
 
 # ----------------------------------------------------------------------------- public API
 _SAMPLERS = {"xray": xray_sample, "mri": mri_sample, "ct": ct_sample}
+FINDINGS = {"xray": _XRAY_FINDINGS, "mri": ACDC_GROUPS, "ct": ("normal", "lesion")}
+# every structure name a sample of each kind can have (`sample["structures"]` keys)
+STRUCTURES = {
+    "xray": (*XRAY_LABELS, "lungs"),
+    "mri": tuple(ACDC_LABELS),
+    "ct": (*SYNAPSE_LABELS, "liver lesion"),
+}
 
 
 def generate(kind: str, n: int, seed: int = 0, size: int = 64, start: int = 0) -> list[dict]:
@@ -411,6 +418,29 @@ def generate(kind: str, n: int, seed: int = 0, size: int = 64, start: int = 0) -
         s = _SAMPLERS[kind](sample_rng(seed, kind, i), size)
         s["id"] = f"{kind}_{i:05d}"
         out.append(s)
+    return out
+
+
+def generate_findings(
+    kind: str, n: int, findings, seed: int = 0, size: int = 64, max_draws: int | None = None
+) -> list[dict]:
+    """The first `n` samples of `kind` (in `generate`'s index order, same ids) whose `finding`
+    is one of `findings` (e.g. `("cardiomegaly",)` for X-rays; `FINDINGS[kind]` lists them)."""
+    if kind not in _SAMPLERS:
+        raise ValueError(f"unknown phantom kind {kind!r}; expected one of {KINDS}")
+    wanted = set(findings)
+    if not wanted or wanted - set(FINDINGS[kind]):
+        raise ValueError(
+            f"data.findings={sorted(wanted)}: {kind} phantoms have findings {FINDINGS[kind]}"
+        )
+    out, i, limit = [], 0, max_draws or 1000 * max(n, 1)
+    while len(out) < n and i < limit:
+        s = generate(kind, 1, seed, size, start=i)[0]
+        if s["finding"] in wanted:
+            out.append(s)
+        i += 1
+    if len(out) < n:
+        raise ValueError(f"data.findings={sorted(wanted)}: only {len(out)} of {n} in {i} draws")
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.dataset = "phantom-xray"
     c.clip_workdir = ""  # a `mzs train-clip` / `mzs import` workdir (model_config.json + ckpt)
     c.tokenizer = ""  # "" = CLIP_WORKDIR/tokenizer
-    # source: phantom (kind, n, seed, size) | covidqu (path, split, task) | acdc (path, split)
-    # | synapse (path: the test_vol_h5 volumes); n > 0 limits the images (2D) or volumes (3D).
+    # source: phantom (kind, n, seed, size, findings: "" = all, or comma-separated finding names
+    # such as "cardiomegaly", see data.phantom.FINDINGS) | covidqu (path, split, task)
+    # | acdc (path, split) | synapse (path: the test_vol_h5 volumes);
+    # n > 0 limits the images (2D) or volumes (3D).
     c.data = ml_collections.ConfigDict(
         {
             "source": "phantom",
@@ -37,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
             "n": 32,
             "seed": 1000,
             "size": 64,
+            "findings": "",
             "path": "",
             "split": "test",
             "task": "lung",
@@ -165,7 +169,11 @@ def peak_cell(sal: np.ndarray, grid: int) -> tuple[int, int]:
 
 
 def localisation(
-    sal: np.ndarray, refined: postprocess.Refined, gt: np.ndarray, grid: int | None = None
+    sal: np.ndarray,
+    refined: postprocess.Refined,
+    gt: np.ndarray,
+    grid: int | None = None,
+    others: Sequence[np.ndarray] = (),
 ) -> dict:
     """Pointing game and box IoU of one map against a GT mask (all `(H, W)`).
 
@@ -175,6 +183,9 @@ def localisation(
     at the resolution the model sees; a tolerance as in Zhang et al.'s pointing game);
     `box_iou_raw`: tightest box of min–max saliency > 0.5 (no CRF, no closing) vs the GT box;
     `box_iou`: the pipeline's box vs the GT box (0 when either is empty).
+    `others`: the other prompts' maps of the same image (the control): `other_hit` /
+    `other_cell` is how often their argmax lands in this GT; text-driven localisation needs
+    `hit` / `cell_hit` well above it, not only above chance.
     """
     if not gt.any():
         return {}
@@ -191,9 +202,15 @@ def localisation(
         "box_iou_raw": biou(raw_box),
         "box_iou": biou(refined.boxes),
     }
+    if len(others):
+        out["other_hit"] = float(
+            np.mean([gt[np.unravel_index(np.argmax(o), o.shape)] for o in others])
+        )
     if grid:
         cells = token_cells(gt, grid)
         out.update(cell_hit=float(cells[peak_cell(sal, grid)]), random_cell=float(cells.mean()))
+        if len(others):
+            out["other_cell"] = float(np.mean([cells[peak_cell(o, grid)] for o in others]))
     return out
 
 
@@ -288,6 +305,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             continue
         h, w = c["image"].shape[:2]
         s = postprocess.minmax(transforms.resize_image(sal[(c["id"], n)], (h, w)))
+        others = [transforms.resize_image(sal[(c["id"], o)], (h, w)) for o in cfg.prompts if o != n]
         r_s = postprocess.minmax(transforms.resize_image(refined_sal[(c["id"], n)], (h, w)))
         refined = postprocess.refine(c["image"], r_s, cfg.postprocess)
         if refined.empty:
@@ -320,7 +338,9 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
                 append=True,
             )
             grid = size // int(model_cfg.vision.patch_size)
-            record.update(iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt, grid))
+            record.update(
+                iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt, grid, others)
+            )
         if cfg.figures:
             save_figure(
                 workdir / "figures" / f"{c['id']}_{_slug(n)}.png",
@@ -369,19 +389,42 @@ def _dpfem(cfg, workdir, items, sal, rgb) -> dict:
     return dict(zip(keys, out, strict=True))
 
 
-def summarize(records: list[dict]) -> dict:
-    """Means over records with ground truth: IoU, Dice, pointing game vs random, box IoUs."""
-    keys = ("iou", "dice", "hit", "random_hit", "cell_hit", "random_cell", "box_iou_raw", "box_iou")
+SUMMARY_KEYS = (
+    "iou",
+    "dice",
+    "hit",
+    "random_hit",
+    "other_hit",
+    "cell_hit",
+    "random_cell",
+    "other_cell",
+    "box_iou_raw",
+    "box_iou",
+)
+
+
+def _means(records: list[dict]) -> dict:
     out = {}
-    for k in keys:
+    for k in SUMMARY_KEYS:
         vals = [r[k] for r in records if k in r]
         out[k] = float(np.mean(vals)) if vals else float("nan")
-    out.update(
-        n=len(records),
-        n_empty=sum(bool(r["empty"]) for r in records),
-        segmenters=sorted({r["segmenter"] for r in records}),
-    )
     return out
+
+
+def summarize(records: list[dict]) -> dict:
+    """Means over records with ground truth (IoU, Dice, pointing game vs a random point and vs the
+    other prompts, box IoUs), over all prompt classes and in `per_class` (with each class's
+    `n`, the records whose GT is non-empty)."""
+    per_class = {}
+    for name in sorted({r["class"] for r in records}):
+        sel = [r for r in records if r["class"] == name]
+        per_class[name] = _means(sel) | {"n": sum("hit" in r for r in sel)}
+    return _means(records) | {
+        "n": len(records),
+        "n_empty": sum(bool(r["empty"]) for r in records),
+        "segmenters": sorted({r["segmenter"] for r in records}),
+        "per_class": per_class,
+    }
 
 
 def _slug(name: str) -> str:

@@ -43,12 +43,16 @@ def _phantom(cfg) -> list[dict]:
     from mzs_jax.data import phantom
 
     d = cfg.data
-    samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size))
-    known = {name for s in samples for name in s["structures"]}
+    findings = [f.strip() for f in str(d.findings).split(",") if f.strip()]
+    if findings:
+        samples = phantom.generate_findings(d.kind, int(d.n), findings, int(d.seed), int(d.size))
+    else:
+        samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size))
+    known = phantom.STRUCTURES[d.kind]
     for name in cfg.prompts:
         if name not in known:
             raise ValueError(
-                f"prompts.{name}: no such structure in {d.kind} phantoms (have {sorted(known)})"
+                f"prompts.{name}: no such structure in {d.kind} phantoms (have {known})"
             )
     cases = []
     for s in samples:  # a structure absent from an image has an empty GT mask
