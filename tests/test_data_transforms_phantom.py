@@ -82,6 +82,20 @@ def test_phantoms_are_deterministic_per_seed_and_index(kind):
         assert phantom.structure_mask(s, name).any(), name
 
 
+def test_generate_findings_keeps_the_index_order_and_ids_of_generate():
+    picked = phantom.generate_findings("xray", 3, ["cardiomegaly"], seed=4, size=32)
+    assert [s["finding"] for s in picked] == ["cardiomegaly"] * 3
+    last = int(picked[-1]["id"].split("_")[1])
+    everything = {s["id"]: s for s in phantom.generate("xray", last + 1, seed=4, size=32)}
+    assert [s["id"] for s in everything.values() if s["finding"] == "cardiomegaly"] == [
+        s["id"] for s in picked
+    ]
+    np.testing.assert_array_equal(picked[0]["image"], everything[picked[0]["id"]]["image"])
+    assert "enlarged cardiac silhouette" in picked[0]["caption"]
+    with pytest.raises(ValueError, match="only 0 of 1"):
+        phantom.generate_findings("ct", 1, ["lesion"], size=32, max_draws=0)
+
+
 def test_captions_follow_content_and_some_omit_position_words():
     samples = phantom.generate_captions(300, seed=0, size=48)
     assert all(len(s["caption"]) >= 20 for s in samples)

@@ -128,6 +128,10 @@ def test_missing_clip_workdir_and_unknown_structure_are_clear_errors(
     cfg.prompts = {"spleen": "a spleen"}
     with pytest.raises(ValueError, match="prompts.spleen"):
         zeroshot.load_cases(cfg)
+    cfg = zeroshot.default_config()
+    cfg.data.findings = "cardiomegaly,fracture"
+    with pytest.raises(ValueError, match="data.findings.*fracture"):
+        zeroshot.load_cases(cfg)
 
 
 def test_acdc_volumes_are_segmented_slice_by_slice_and_written_in_original_geometry(
@@ -252,3 +256,21 @@ def test_token_cells_and_the_cell_pointing_game_on_a_non_square_image():
     sal[3, 5], sal[11, 19] = 0.0, 1.0
     assert localisation(sal, refined, gt, grid=4)["cell_hit"] == 0.0
     assert "cell_hit" not in localisation(sal, refined, gt)
+    # Other prompts' maps of the same image: one peaks on the structure, one in its cell only.
+    on, near = np.zeros((12, 20)), np.zeros((12, 20))
+    on[5, 9], near[3, 5] = 1.0, 1.0
+    r = localisation(sal, refined, gt, grid=4, others=[on, near])
+    assert r["other_hit"] == 0.5 and r["other_cell"] == 1.0
+    assert "other_hit" not in localisation(sal, refined, gt, grid=4)  # no other prompts
+
+
+def test_summary_has_per_class_means_and_counts_only_cases_with_a_structure():
+    records = [
+        {"class": "heart", "empty": False, "segmenter": "crf", "hit": 1.0, "iou": 0.5},
+        {"class": "heart", "empty": False, "segmenter": "crf", "hit": 0.0, "iou": 0.3},
+        {"class": "opacity", "empty": True, "segmenter": "none(empty map)", "iou": 0.0},
+    ]
+    s = zeroshot.summarize(records)
+    assert s["n"] == 3 and s["n_empty"] == 1 and s["hit"] == 0.5
+    assert s["per_class"]["heart"]["n"] == 2 and s["per_class"]["heart"]["iou"] == 0.4
+    assert s["per_class"]["opacity"]["n"] == 0 and np.isnan(s["per_class"]["opacity"]["hit"])

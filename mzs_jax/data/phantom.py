@@ -433,7 +433,7 @@ def generate_findings(
         raise ValueError(
             f"data.findings={sorted(wanted)}: {kind} phantoms have findings {FINDINGS[kind]}"
         )
-    out, i, limit = [], 0, max_draws or 1000 * max(n, 1)
+    out, i, limit = [], 0, 1000 * max(n, 1) if max_draws is None else max_draws
     while len(out) < n and i < limit:
         s = generate(kind, 1, seed, size, start=i)[0]
         if s["finding"] in wanted:
