@@ -39,6 +39,9 @@ def get_config(arg=None):
     # Stage 2: zero-shot on chest X-ray phantoms, target = both lungs.
     z = c.zeroshot = ml_collections.ConfigDict()
     z.kind = "xray"
+    z.findings = (
+        ""  # "" = all phantoms; or comma-separated phantom findings (data.phantom.FINDINGS)
+    )
     z.structure = "lungs"  # key of the phantom's `structures`
     z.prompt = "frontal chest radiograph showing both lungs"
     z.n_train = 32 if quick else 120  # pseudo-masks for stage 3 (and DPFEM's training set)

@@ -17,15 +17,19 @@ POSITION_WORDS = ("left", "right", "upper", "lower")
 
 
 def make_split(dc, n: int, start: int, folder: pathlib.Path) -> list[dict]:
-    """`n` phantoms of `dc.zeroshot.kind` (F6 generator, seed `data_seed`), written as
+    """`n` phantoms of `dc.zeroshot.kind` (F6 generator, seed `data_seed`; only those with one
+    of the comma-separated `findings`, when set), from the `start`-th on, written as
     `folder/images/<id>.png` (grey) and `folder/gt/<id>.png` (0/1 mask of the target)."""
     from mzs_jax.data import phantom
     from mzs_jax.data.phantom_formats import to_uint8
 
     z = dc.zeroshot
-    samples = phantom.generate(
-        z.kind, n, seed=int(z.data_seed), size=int(dc.image_size), start=start
-    )
+    kw = dict(seed=int(z.data_seed), size=int(dc.image_size), start=start)
+    findings = [f.strip() for f in str(z.findings).split(",") if f.strip()]
+    if findings:
+        samples = phantom.generate_findings(z.kind, n, findings, **kw)
+    else:
+        samples = phantom.generate(z.kind, n, **kw)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "gt").mkdir(parents=True, exist_ok=True)
     for s in samples:

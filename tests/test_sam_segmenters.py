@@ -90,6 +90,24 @@ def test_grabcut_recovers_a_disk_from_a_loose_box_and_rough_seed():
     assert seg.name.startswith("grabcut") and mask.dtype == bool and iou > 0.9, iou
 
 
+def test_grabcut_keeps_a_bright_structure_on_a_small_image():
+    """A 64-px X-ray phantom's heart from its own tight box and a perfect seed: at native size
+    GrabCut's fixed boundary weight empties the cut; at `min_side` 256 it keeps the heart."""
+    from mzs_jax.data import phantom
+
+    s = phantom.generate_findings("xray", 1, ["cardiomegaly"], seed=1000)[0]
+    heart = phantom.structure_mask(s, "heart")
+    ys, xs = np.nonzero(heart)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    native = segmenters.GrabCutSegmenter(min_side=1).segment(s["image"], box, init_mask=heart)
+    assert not native.any()  # the failure this option exists for
+    mask = segmenters.GrabCutSegmenter().segment(s["image"], box, init_mask=heart)
+    iou = (mask & heart).sum() / (mask | heart).sum()
+    assert mask.shape == heart.shape and iou > 0.9, iou
+    with pytest.raises(ValueError, match="grabcut_min_side"):
+        segmenters.GrabCutSegmenter(min_side=0)
+
+
 def test_grabcut_full_image_box_is_reported_not_silent():
     img, disk = _image(32, 40)
     seg = segmenters.GrabCutSegmenter()

@@ -422,10 +422,17 @@ def generate(kind: str, n: int, seed: int = 0, size: int = 64, start: int = 0) -
 
 
 def generate_findings(
-    kind: str, n: int, findings, seed: int = 0, size: int = 64, max_draws: int | None = None
+    kind: str,
+    n: int,
+    findings,
+    seed: int = 0,
+    size: int = 64,
+    start: int = 0,
+    max_draws: int | None = None,
 ) -> list[dict]:
-    """The first `n` samples of `kind` (in `generate`'s index order, same ids) whose `finding`
-    is one of `findings` (e.g. `("cardiomegaly",)` for X-rays; `FINDINGS[kind]` lists them)."""
+    """Samples `start .. start+n-1` among those of `kind` whose `finding` is one of `findings`
+    (e.g. `("cardiomegaly",)` for X-rays; `FINDINGS[kind]` lists them), in `generate`'s index
+    order and with its ids, so `start` splits one stream into disjoint train/test sets."""
     if kind not in _SAMPLERS:
         raise ValueError(f"unknown phantom kind {kind!r}; expected one of {KINDS}")
     wanted = set(findings)
@@ -433,15 +440,16 @@ def generate_findings(
         raise ValueError(
             f"data.findings={sorted(wanted)}: {kind} phantoms have findings {FINDINGS[kind]}"
         )
-    out, i, limit = [], 0, 1000 * max(n, 1) if max_draws is None else max_draws
-    while len(out) < n and i < limit:
+    total = start + n
+    out, i, limit = [], 0, 1000 * max(total, 1) if max_draws is None else max_draws
+    while len(out) < total and i < limit:
         s = generate(kind, 1, seed, size, start=i)[0]
         if s["finding"] in wanted:
             out.append(s)
         i += 1
-    if len(out) < n:
-        raise ValueError(f"data.findings={sorted(wanted)}: only {len(out)} of {n} in {i} draws")
-    return out
+    if len(out) < total:
+        raise ValueError(f"data.findings={sorted(wanted)}: only {len(out)} of {total} in {i} draws")
+    return out[start:]
 
 
 def generate_xray(n: int, seed: int = 0, size: int = 64) -> list[dict]:
