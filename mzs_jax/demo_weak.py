@@ -12,6 +12,7 @@ import numpy as np
 
 from mzs_jax import demo_zeroshot as zs
 from mzs_jax.pipeline import evaluate
+from mzs_jax.pipeline.saliency import METHODS
 
 DATASET = "xray-phantom"
 ZERO_SHOT = "zero-shot chain"
@@ -75,11 +76,17 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoin
     h, w_ = gts[0].shape
     rand_hits = [g[y, x] for (y, x), g in zip(base["points"], gts, strict=True)]
     pointing = {f"raw {z.saliency} argmax": zs.pointing_game(raw_test, gts)}
-    if z.saliency != "gscorecam":  # the paper's method, scored next to the one the chain uses
+    if z.control_prompt:  # text-driven: another prompt's map should not peak on the target
+        ctrl = zs.prompt_embedding(model, tok, z.control_prompt)
+        maps = zs.saliency_maps(model, model_cfg, test_s, ctrl, s2, w / "zeroshot")
+        pointing[f"raw {z.saliency} argmax, control prompt {z.control_prompt!r}"] = (
+            zs.pointing_game(maps, gts)
+        )
+    for method in (m for m in METHODS if m != z.saliency):  # the other methods, same cases
         g = ml_collections.ConfigDict(s2.to_dict())
-        g.saliency.method = "gscorecam"
-        gmaps = zs.saliency_maps(model, model_cfg, test_s, text, g, w / "zeroshot")
-        pointing["raw gscorecam argmax (paper's method)"] = zs.pointing_game(gmaps, gts)
+        g.saliency.method = method
+        maps = zs.saliency_maps(model, model_cfg, test_s, text, g, w / "zeroshot")
+        pointing[f"raw {method} argmax"] = zs.pointing_game(maps, gts)
     pointing |= {
         "DPFEM-refined argmax": zs.pointing_game(ref_test, gts),
         "random body point": float(np.mean(rand_hits)),
