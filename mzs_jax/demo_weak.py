@@ -5,6 +5,7 @@ segmentation") trained on the pseudo-masks over several seeds and scored on the 
 
 from __future__ import annotations
 
+import collections
 import pathlib
 
 import ml_collections
@@ -103,6 +104,11 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoin
         "pseudo_train_dice": float(pseudo_dice),
         "pointing": pointing,
         "no_box": sum(o["note"] == "no_box" for o in out_train + out_test),
+        "notes": dict(
+            collections.Counter(
+                o["note"] for o in out_train + out_test if o["note"] not in ("", "no_box")
+            )
+        ),
         "test_dice": float(np.mean([r["dice"] for r in rows if r["method"] == ZERO_SHOT])),
         "overlays": [
             {

@@ -99,13 +99,18 @@ def test_grabcut_keeps_a_bright_structure_on_a_small_image():
     heart = phantom.structure_mask(s, "heart")
     ys, xs = np.nonzero(heart)
     box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    native = segmenters.GrabCutSegmenter(min_side=1).segment(s["image"], box, init_mask=heart)
-    assert not native.any()  # the failure this option exists for
+    native = segmenters.GrabCutSegmenter(min_side=1, on_empty="empty")
+    assert not native.segment(s["image"], box, init_mask=heart).any()  # what min_side is for
+    seeded = segmenters.GrabCutSegmenter(min_side=1)  # on_empty="seed": the seed, with a note
+    assert (seeded.segment(s["image"], box, init_mask=heart) == heart).all()
+    assert "cut was empty: seed mask used" in seeded.last_note
     mask = segmenters.GrabCutSegmenter().segment(s["image"], box, init_mask=heart)
     iou = (mask & heart).sum() / (mask | heart).sum()
     assert mask.shape == heart.shape and iou > 0.9, iou
     with pytest.raises(ValueError, match="grabcut_min_side"):
         segmenters.GrabCutSegmenter(min_side=0)
+    with pytest.raises(ValueError, match="grabcut_on_empty"):
+        segmenters.GrabCutSegmenter(on_empty="sam")
 
 
 def test_grabcut_full_image_box_is_reported_not_silent():

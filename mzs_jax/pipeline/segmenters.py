@@ -35,6 +35,7 @@ def default_config() -> ConfigDict:
             "multimask_output": False,
             "grabcut_iterations": 5,
             "grabcut_min_side": 256,  # smaller images are upscaled for GrabCut (see its class)
+            "grabcut_on_empty": "seed",  # seed | empty: what an empty cut returns (noted)
         }
     )
 
@@ -49,16 +50,23 @@ class GrabCutSegmenter:
     colour term of a small region and the cut collapses to all background even from a perfect
     seed (`test_grabcut_keeps_a_bright_structure_on_a_small_image`). SAM likewise works at 1024 px.
     When the box covers the whole image (no background pixels to fit the colour model) GrabCut
-    is undefined; the mask is then `init_mask` inside the box and `last_note` says so.
+    is undefined; the mask is then `init_mask` inside the box and `last_note` says so. When the
+    cut comes back empty (the structure's grey levels are also in the background's colour model,
+    e.g. a heart next to a spine of the same brightness), `on_empty="seed"` returns the seed mask
+    and says so in `last_note`; `on_empty="empty"` returns the empty cut.
     """
 
-    def __init__(self, iterations: int = 5, min_side: int = 256):
+    ON_EMPTY = ("seed", "empty")
+
+    def __init__(self, iterations: int = 5, min_side: int = 256, on_empty: str = "seed"):
         if iterations < 1:
             raise ValueError(f"segmenter.grabcut_iterations must be ≥ 1, got {iterations}")
         if min_side < 1:
             raise ValueError(f"segmenter.grabcut_min_side must be ≥ 1, got {min_side}")
-        self.iterations, self.min_side = iterations, min_side
-        self.name = f"grabcut(iters={iterations}, min_side={min_side})"
+        if on_empty not in self.ON_EMPTY:
+            raise ValueError(f"segmenter.grabcut_on_empty must be one of {self.ON_EMPTY}")
+        self.iterations, self.min_side, self.on_empty = iterations, min_side, on_empty
+        self.name = f"grabcut(iters={iterations}, min_side={min_side}, on_empty={on_empty})"
         self.last_note = ""
 
     def segment(
@@ -77,14 +85,17 @@ class GrabCutSegmenter:
         f = max(1, -(-self.min_side // min(h, w)))  # ceil
         if f > 1:
             rgb = cv2.resize(rgb, (w * f, h * f), interpolation=cv2.INTER_LINEAR)
-            inside, seed = (np.repeat(np.repeat(m, f, 0), f, 1) for m in (inside, seed))
-        gc = np.full(inside.shape, cv2.GC_BGD, np.uint8)
-        gc[inside] = cv2.GC_PR_BGD
-        gc[seed] = cv2.GC_PR_FGD
+        gc = np.full((h * f, w * f), cv2.GC_BGD, np.uint8)
+        gc[np.repeat(np.repeat(inside, f, 0), f, 1)] = cv2.GC_PR_BGD
+        gc[np.repeat(np.repeat(seed, f, 0), f, 1)] = cv2.GC_PR_FGD
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.grabCut(rgb, gc, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
         fg = ((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)).astype(np.float32)
-        return fg.reshape(h, f, w, f).mean(axis=(1, 3)) > 0.5
+        out = fg.reshape(h, f, w, f).mean(axis=(1, 3)) > 0.5
+        if not out.any() and self.on_empty == "seed":
+            self.last_note = "grabcut cut was empty: seed mask used (segmenter.grabcut_on_empty)"
+            return seed
+        return out
 
 
 class CRFMaskSegmenter:
@@ -116,7 +127,7 @@ def make_segmenter(cfg: ConfigDict) -> Segmenter:
     """Build the segmenter `cfg.name`; SAM without a checkpoint is an error, never a switch."""
     name = cfg.name
     if name == "grabcut":
-        return GrabCutSegmenter(cfg.grabcut_iterations, cfg.grabcut_min_side)
+        return GrabCutSegmenter(cfg.grabcut_iterations, cfg.grabcut_min_side, cfg.grabcut_on_empty)
     if name == "crf":
         return CRFMaskSegmenter()
     if name in ("sam", "medsam"):
