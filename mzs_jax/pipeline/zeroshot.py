@@ -305,7 +305,6 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             continue
         h, w = c["image"].shape[:2]
         s = postprocess.minmax(transforms.resize_image(sal[(c["id"], n)], (h, w)))
-        others = [transforms.resize_image(sal[(c["id"], o)], (h, w)) for o in cfg.prompts if o != n]
         r_s = postprocess.minmax(transforms.resize_image(refined_sal[(c["id"], n)], (h, w)))
         refined = postprocess.refine(c["image"], r_s, cfg.postprocess)
         if refined.empty:
@@ -338,6 +337,9 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
                 append=True,
             )
             grid = size // int(model_cfg.vision.patch_size)
+            others = [
+                transforms.resize_image(sal[(c["id"], o)], (h, w)) for o in cfg.prompts if o != n
+            ]
             record.update(
                 iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt, grid, others)
             )
