@@ -103,7 +103,12 @@ def segment(clip_wd: str, out: pathlib.Path, arg: str, n: int) -> dict[str, dict
     if rc:
         raise RuntimeError(f"segment failed for {arg} ({clip_wd})")
     per_class = json.loads((out / "summary.json").read_text())["per_class"]
-    return {prompt: m for prompt, m in per_class.items() if m["n"]}  # prompts with a GT
+    nan = float("nan")  # summary.json writes a mean over no cases as null
+    return {
+        prompt: {k: nan if v is None else v for k, v in m.items()}
+        for prompt, m in per_class.items()
+        if m["n"]  # prompts whose structure is present
+    }
 
 
 def main(argv: list[str]) -> str:

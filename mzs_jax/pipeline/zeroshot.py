@@ -362,7 +362,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
         )
     summary = summarize(_read_jsonl(done_path))
     summary["saliency_s_per_map"] = sal_s
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (workdir / "summary.json").write_text(json.dumps(_nan_to_null(summary), indent=1))
     return summary
 
 
@@ -427,6 +427,15 @@ def summarize(records: list[dict]) -> dict:
         "segmenters": sorted({r["segmenter"] for r in records}),
         "per_class": per_class,
     }
+
+
+def _nan_to_null(x):
+    """Strict JSON: NaN (a mean over no cases) is written as null."""
+    if isinstance(x, dict):
+        return {k: _nan_to_null(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_null(v) for v in x]
+    return None if isinstance(x, float) and np.isnan(x) else x
 
 
 def _slug(name: str) -> str:
