@@ -31,16 +31,6 @@ import tempfile
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KEYS = (
-    "hit",
-    "random_hit",
-    "cell_hit",
-    "random_cell",
-    "other_cell",
-    "box_iou_raw",
-    "box_iou",
-    "dice",
-)
 
 
 def train_clip(workdir: str, a, seed: int) -> None:
@@ -163,7 +153,7 @@ def main(argv: list[str]) -> str:
         for method in a.methods.split(","):
             for prompt in res[(kind, method, 0)]:
                 per = [res[(kind, method, i)][prompt] for i in range(len(wds))]
-                m = {k: float(np.mean([r[k] for r in per])) for k in KEYS}
+                m = {k: float(np.mean([r[k] for r in per])) for k in per[0]}  # over seeds
                 hits = [r["hit"] for r in per]
                 lines.append(
                     f"| {kind} | {method} | {prompt} | {per[0]['n']} | {np.mean(hits):.3f} ± "

@@ -24,12 +24,14 @@ def make_split(dc, n: int, start: int, folder: pathlib.Path) -> list[dict]:
     from mzs_jax.data.phantom_formats import to_uint8
 
     z = dc.zeroshot
-    kw = dict(seed=int(z.data_seed), size=int(dc.image_size), start=start)
-    findings = [f.strip() for f in str(z.findings).split(",") if f.strip()]
-    if findings:
-        samples = phantom.generate_findings(z.kind, n, findings, **kw)
-    else:
-        samples = phantom.generate(z.kind, n, **kw)
+    samples = phantom.generate(
+        z.kind,
+        n,
+        seed=int(z.data_seed),
+        size=int(dc.image_size),
+        start=start,
+        findings=str(z.findings),
+    )
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "gt").mkdir(parents=True, exist_ok=True)
     for s in samples:

@@ -94,6 +94,9 @@ def test_generate_findings_keeps_the_index_order_and_ids_of_generate():
     assert "enlarged cardiac silhouette" in picked[0]["caption"]
     later = phantom.generate_findings("xray", 2, ["cardiomegaly"], seed=4, size=32, start=1)
     assert [s["id"] for s in later] == [s["id"] for s in picked[1:]]
+    # `generate(findings=...)` (comma-separated, as configs give it) is the same selection
+    same = phantom.generate("xray", 3, seed=4, size=32, findings=" cardiomegaly, ")
+    assert [s["id"] for s in same] == [s["id"] for s in picked]
     with pytest.raises(ValueError, match="only 0 of 1"):
         phantom.generate_findings("ct", 1, ["lesion"], size=32, max_draws=0)
 

@@ -407,12 +407,19 @@ STRUCTURES = {
 }
 
 
-def generate(kind: str, n: int, seed: int = 0, size: int = 64, start: int = 0) -> list[dict]:
+def generate(
+    kind: str, n: int, seed: int = 0, size: int = 64, start: int = 0, findings=""
+) -> list[dict]:
     """`n` samples of `kind` ('xray' | 'mri' | 'ct'); each a dict with `image` `(S, S, 1)`
     float32 in [0, 1], `mask` `(S, S)` int32, `caption`, `metadata`, `structures` (name -> ids),
-    `finding`, `id`."""
+    `finding`, `id`. `findings` (comma-separated names or a sequence; empty = all): only samples
+    with one of those findings, as `generate_findings`."""
     if kind not in _SAMPLERS:
         raise ValueError(f"unknown phantom kind {kind!r}; expected one of {KINDS}")
+    names = findings.split(",") if isinstance(findings, str) else list(findings)
+    names = [f.strip() for f in names if f.strip()]
+    if names:
+        return generate_findings(kind, n, names, seed, size, start)
     out = []
     for i in range(start, start + n):
         s = _SAMPLERS[kind](sample_rng(seed, kind, i), size)

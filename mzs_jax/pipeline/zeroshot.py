@@ -162,10 +162,16 @@ def token_cells(gt: np.ndarray, grid: int) -> np.ndarray:
     return cells
 
 
+def peak(sal: np.ndarray) -> tuple[int, int]:
+    """Pixel `(row, col)` of the argmax of a map `(H, W)` (the pointing game's point)."""
+    iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
+    return int(iy), int(ix)
+
+
 def peak_cell(sal: np.ndarray, grid: int) -> tuple[int, int]:
     """Token-grid cell `(row, col)` of the argmax of a map `(H, W)` (cells as `token_cells`)."""
-    iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
-    return int(iy) * grid // sal.shape[0], int(ix) * grid // sal.shape[1]
+    iy, ix = peak(sal)
+    return iy * grid // sal.shape[0], ix * grid // sal.shape[1]
 
 
 def localisation(
@@ -191,21 +197,18 @@ def localisation(
         return {}
     gt_box = postprocess.tightest_box(gt)
     raw_box = postprocess.tightest_box(postprocess.minmax(sal) > 0.5)
-    iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
 
     def biou(b):
         return postprocess.box_iou(b[0], gt_box[0]) if len(b) and len(gt_box) else 0.0
 
     out = {
-        "hit": float(gt[iy, ix]),
+        "hit": float(gt[peak(sal)]),
         "random_hit": float(gt.mean()),
         "box_iou_raw": biou(raw_box),
         "box_iou": biou(refined.boxes),
     }
     if len(others):
-        out["other_hit"] = float(
-            np.mean([gt[np.unravel_index(np.argmax(o), o.shape)] for o in others])
-        )
+        out["other_hit"] = float(np.mean([gt[peak(o)] for o in others]))
     if grid:
         cells = token_cells(gt, grid)
         out.update(cell_hit=float(cells[peak_cell(sal, grid)]), random_cell=float(cells.mean()))

@@ -43,11 +43,7 @@ def _phantom(cfg) -> list[dict]:
     from mzs_jax.data import phantom
 
     d = cfg.data
-    findings = [f.strip() for f in str(d.findings).split(",") if f.strip()]
-    if findings:
-        samples = phantom.generate_findings(d.kind, int(d.n), findings, int(d.seed), int(d.size))
-    else:
-        samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size))
+    samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size), findings=str(d.findings))
     known = phantom.STRUCTURES[d.kind]
     for name in cfg.prompts:
         if name not in known:
