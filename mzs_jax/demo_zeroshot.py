@@ -192,7 +192,9 @@ def baselines(samples, chain_out: list[dict], segmenter, prompt: str, seed: int)
 
 def pointing_game(maps: np.ndarray, gts: list[np.ndarray]) -> float:
     """Fraction of maps whose argmax lies inside the ground truth."""
-    hits = [g.flat[int(np.argmax(m))] for m, g in zip(maps, gts, strict=True)]
+    from mzs_jax.pipeline.zeroshot import peak
+
+    hits = [g[peak(m)] for m, g in zip(maps, gts, strict=True)]
     return float(np.mean(hits))
 
 
