@@ -1,14 +1,13 @@
 """Contrastive losses on L2-normalised image/text pairs (MedZeroSeg §"Loss function formulation").
 
-InfoNCE, DCL, HN-NCE, DHN-NCE and CEHNC written as one row formula (see `docs/losses.md`):
-for an anchor row i, ``loss_i = -z_ii + LSE([z_ii if positive kept] + [log(B-1) + L1_i - L2_i])``.
+InfoNCE, DCL, HN-NCE, DHN-NCE and CEHNC are one row formula (see `docs/losses.md`):
+``loss_i = -z_ii + LSE([z_ii if positive kept] + [log(B-1) + L1_i - L2_i])``; SigLIP is a sigmoid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,27 +15,35 @@ import jax.numpy as jnp
 Array = jax.Array
 
 ADAPTIVE_RULES = ("inverse_std", "inverse_sim_std")
+# Cap on CEHNC's adaptive β_eff (docs/losses.md, "Adaptive rule"): at 50 a negative 0.1 closer
+# in distance weighs e^5 ≈ 150× more; a collapsed batch (σ → 0) would otherwise give ~β/eps.
+BETA_MAX = 50.0
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """What distinguishes the five losses; shared by the dense and the cross-device forms.
+    """What distinguishes the losses; shared by the dense and the cross-device forms.
 
-    weighting: "none" (uniform negatives), "similarity" (HN-NCE weights ∝ exp(β s/τ)) or
-    "distance" (CEHNC weights ∝ exp(-β d), d the Euclidean distance in the joint space).
+    family: "softmax" (the five row-LSE losses) or "sigmoid" (SigLIP: every pair a binary
+    logistic term, a learned bias). weighting (softmax only): "none" (uniform negatives),
+    "similarity" (HN-NCE weights ∝ exp(β s/τ)) or "distance" (CEHNC weights ∝ exp(-β d)).
     """
 
     name: str
-    keep_positive: bool
+    keep_positive: bool = True
     weighting: str = "none"
     beta_i2t: float = 0.0
     beta_t2i: float = 0.0
     adaptive: bool = False
     adaptive_rule: str = "inverse_std"
     adaptive_eps: float = 1e-6
+    beta_max: float = BETA_MAX
     dist_eps: float = 1e-12
+    family: str = "softmax"
 
     def __post_init__(self):
+        if self.family not in ("softmax", "sigmoid"):
+            raise ValueError(f"loss {self.name}: unknown family {self.family!r}")
         if self.weighting not in ("none", "similarity", "distance"):
             raise ValueError(f"loss {self.name}: unknown weighting {self.weighting!r}")
         if self.adaptive and self.adaptive_rule not in ADAPTIVE_RULES:
@@ -46,10 +53,24 @@ class LossSpec:
         for key, val in (("beta1", self.beta_i2t), ("beta2", self.beta_t2i)):
             if not math.isfinite(val):
                 raise ValueError(f"loss.{key} must be finite, got {val}")
+        if not self.beta_max > 0:
+            raise ValueError(f"loss.beta_max must be > 0 (math.inf = no cap), got {self.beta_max}")
+        if not self.adaptive_eps > 0:
+            raise ValueError(f"loss.adaptive_eps must be > 0, got {self.adaptive_eps}")
 
     @property
     def weighted(self) -> bool:
         return self.weighting != "none"
+
+    @property
+    def learned_bias(self) -> bool:
+        """True when the loss takes a learnable logit bias (SigLIP)."""
+        return self.family == "sigmoid"
+
+    @property
+    def adaptive_distance(self) -> bool:
+        """True when β is re-estimated from the batch (CEHNC with `adaptive`)."""
+        return self.weighting == "distance" and self.adaptive
 
     def check_batch(self, batch: int) -> None:
         if batch < 1:
@@ -59,6 +80,36 @@ class LossSpec:
                 f"{self.name} is undefined for batch size 1: the positive is removed from the "
                 "denominator and there are no negatives left"
             )
+
+
+# --------------------------------------------------------------------------- spec builders
+# One per loss: the hyperparameters of the public function (same names, no defaults here:
+# the public function's signature holds them) → the LossSpec every form uses.
+def infonce_spec() -> LossSpec:
+    return LossSpec("infonce", keep_positive=True)
+
+
+def dcl_spec() -> LossSpec:
+    return LossSpec("dcl", keep_positive=False)
+
+
+def hn_nce_spec(beta: float) -> LossSpec:
+    return LossSpec("hn_nce", True, "similarity", float(beta), float(beta))
+
+
+def dhn_nce_spec(beta1: float, beta2: float) -> LossSpec:
+    return LossSpec("dhn_nce", False, "similarity", float(beta1), float(beta2))
+
+
+def cehnc_spec(beta1, beta2, adaptive, adaptive_rule, adaptive_eps, beta_max) -> LossSpec:
+    return LossSpec(
+        "cehnc", True, "distance", float(beta1), float(beta2), bool(adaptive),
+        str(adaptive_rule), float(adaptive_eps), float(beta_max),
+    )  # fmt: skip
+
+
+def siglip_spec() -> LossSpec:
+    return LossSpec("siglip", family="sigmoid")
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -109,7 +160,8 @@ def row_loss(z_pos: Array, l1: Array, l2: Array | None, n_neg: int, spec: LossSp
 
 
 def adaptive_beta(beta: float, mean_s: Array, std_s: Array, spec: LossSpec) -> Array:
-    """β_eff from the batch's anchor–negative similarity statistics (stop-gradient).
+    """β_eff from the batch's anchor–negative similarity statistics (stop-gradient), |β_eff| ≤
+    `spec.beta_max`.
 
     inverse_std: β·d̄/(σ_s + eps) with d̄ = sqrt(2 - 2 μ_s): β divided by the std of the
     anchor–negative distances to first order (δd ≈ -δs/d̄), so β counts hardness in standard
@@ -121,38 +173,64 @@ def adaptive_beta(beta: float, mean_s: Array, std_s: Array, spec: LossSpec) -> A
     scale = std_s + spec.adaptive_eps
     if spec.adaptive_rule == "inverse_std":
         scale = scale / jnp.sqrt(jnp.maximum(2.0 - 2.0 * mean_s, 0.0) + spec.dist_eps)
-    return jax.lax.stop_gradient(beta / scale)
+    cap = jnp.asarray(spec.beta_max, mean_s.dtype)
+    return jax.lax.stop_gradient(jnp.clip(beta / scale, -cap, cap))
 
 
-def moments_from_sums(n: int, s1: Array, s2: Array) -> tuple[Array, Array]:
-    """Mean and std of n anchor–negative similarities from their sum s1 and sum of squares s2."""
-    m = s1 / float(n)  # float: B(B-1) overflows int32 at B = 65,536
-    return m, jnp.sqrt(jnp.maximum(s2 / float(n) - m * m, 0.0))
+def centred_moments(n: int, m0: Array, e1: Array, e2: Array) -> tuple[Array, Array]:
+    """Mean and std of n values x from e1 = Σ(x - m0), e2 = Σ(x - m0)² about a provisional m0.
+
+    The corrected two-pass formula var = (e2 - e1²/n)/n: exact for any m0, and with m0 near the
+    mean (e1 ≈ 0) free of the cancellation of E[x²] - E[x]². n is a float: B(B-1) overflows int32.
+    """
+    n = float(n)
+    var = jnp.maximum(e2 - e1 * e1 / n, 0.0) / n
+    return m0 + e1 / n, jnp.sqrt(var)
+
+
+def offdiag_moments(s: Array) -> tuple[Array, Array]:
+    """Mean and std of the off-diagonal entries of a (B, B) similarity matrix (stop-gradient)."""
+    b = s.shape[0]
+    s = jax.lax.stop_gradient(s)
+    off = ~jnp.eye(b, dtype=bool)
+    n = b * (b - 1)
+    m0 = jnp.sum(jnp.where(off, s, 0.0)) / float(n)
+    dev = jnp.where(off, s - m0, 0.0)
+    return centred_moments(n, m0, jnp.sum(dev), jnp.sum(dev * dev))
+
+
+def effective_betas(s: Array, spec: LossSpec) -> tuple[Array, Array]:
+    """(β_i2t, β_t2i) the dense loss uses on the (B, B) similarity matrix s."""
+    if not spec.adaptive_distance:
+        return jnp.asarray(spec.beta_i2t, s.dtype), jnp.asarray(spec.beta_t2i, s.dtype)
+    mean_s, std_s = offdiag_moments(s)
+    return (
+        adaptive_beta(spec.beta_i2t, mean_s, std_s, spec),
+        adaptive_beta(spec.beta_t2i, mean_s, std_s, spec),
+    )
 
 
 # --------------------------------------------------------------------------- dense form
-def dense_loss(img: Array, txt: Array, temperature: Array | float, spec: LossSpec) -> Array:
-    """The loss of one (B, D) batch with the full (B, B) similarity matrix in memory."""
+def _check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(
             f"{spec.name}: img and txt must both be (B, D), got {img.shape}, {txt.shape}"
         )
+    spec.check_batch(img.shape[0])
+
+
+def dense_loss(img: Array, txt: Array, temperature: Array | float, spec: LossSpec) -> Array:
+    """The loss of one (B, D) batch with the full (B, B) similarity matrix in memory."""
+    _check_pairs(img, txt, spec)
     b = img.shape[0]
-    spec.check_batch(b)
     s = similarity(img, txt)
     tau = jnp.asarray(temperature).astype(s.dtype)
     z_pos = jnp.diagonal(s) / tau
     if b == 1:  # positive kept, no negatives: loss is exactly 0 (and finite gradients)
         return jnp.mean(-z_pos + z_pos)
     off = ~jnp.eye(b, dtype=bool)
-    beta1, beta2 = spec.beta_i2t, spec.beta_t2i
-    if spec.weighting == "distance" and spec.adaptive:
-        s_off = jnp.where(off, jax.lax.stop_gradient(s), 0.0)
-        mean_s, std_s = moments_from_sums(b * (b - 1), jnp.sum(s_off), jnp.sum(s_off**2))
-        beta1 = adaptive_beta(beta1, mean_s, std_s, spec)
-        beta2 = adaptive_beta(beta2, mean_s, std_s, spec)
     total = 0.0
-    for mat, beta in ((s, beta1), (s.T, beta2)):
+    for mat, beta in zip((s, s.T), effective_betas(s, spec), strict=True):
         x1, x2 = negative_logits(mat, tau, spec, beta)
         l1 = jax.nn.logsumexp(jnp.where(off, x1, -jnp.inf), axis=1)
         l2 = None if x2 is None else jax.nn.logsumexp(jnp.where(off, x2, -jnp.inf), axis=1)
@@ -163,12 +241,12 @@ def dense_loss(img: Array, txt: Array, temperature: Array | float, spec: LossSpe
 # --------------------------------------------------------------------------- public losses
 def infonce(img: Array, txt: Array, temperature: Array | float) -> Array:
     """Symmetric CLIP loss: mean over rows of -log(e^{z_ii} / Σ_j e^{z_ij}), both directions."""
-    return dense_loss(img, txt, temperature, LossSpec("infonce", keep_positive=True))
+    return dense_loss(img, txt, temperature, infonce_spec())
 
 
 def dcl(img: Array, txt: Array, temperature: Array | float) -> Array:
     """Decoupled contrastive loss (Yeh et al. 2022): -log(e^{z_ii} / Σ_{j≠i} e^{z_ij})."""
-    return dense_loss(img, txt, temperature, LossSpec("dcl", keep_positive=False))
+    return dense_loss(img, txt, temperature, dcl_spec())
 
 
 def hn_nce(img: Array, txt: Array, temperature: Array | float, beta: float) -> Array:
@@ -176,8 +254,7 @@ def hn_nce(img: Array, txt: Array, temperature: Array | float, beta: float) -> A
 
     w_ij = (B-1) e^{β z_ij} / Σ_{k≠i} e^{β z_ik}, z = s/τ; the same β in both directions.
     """
-    spec = LossSpec("hn_nce", True, "similarity", beta, beta)
-    return dense_loss(img, txt, temperature, spec)
+    return dense_loss(img, txt, temperature, hn_nce_spec(beta))
 
 
 def dhn_nce(
@@ -187,8 +264,7 @@ def dhn_nce(
 
     β1 for image→text, β2 for text→image.
     """
-    spec = LossSpec("dhn_nce", False, "similarity", beta1, beta2)
-    return dense_loss(img, txt, temperature, spec)
+    return dense_loss(img, txt, temperature, dhn_nce_spec(beta1, beta2))
 
 
 def cehnc(
@@ -200,6 +276,7 @@ def cehnc(
     adaptive: bool = True,
     adaptive_rule: str = "inverse_std",
     adaptive_eps: float = 1e-6,
+    beta_max: float = BETA_MAX,
 ) -> Array:
     """CEHNC (MedZeroSeg): distance-weighted hard negatives, positive kept in the denominator.
 
@@ -209,57 +286,23 @@ def cehnc(
       loss_i = -log(e^{z_ii} / (e^{z_ii} + Σ_{j≠i} w_ij e^{z_ij}))
     text→image: the same on sᵀ with β2; the two directions are averaged. The weights are
     importance weights (stop-gradient). With `adaptive`, β_k is replaced every batch (under
-    stop-gradient) from the mean μ_s and std σ_s of all anchor–negative similarities s_ij, i≠j:
-    "inverse_std": β_k·sqrt(2 - 2μ_s)/(σ_s + eps) (= β_k/σ_d to first order, σ_d the std of the
-    distances), or "inverse_sim_std": β_k/(σ_s + eps).
+    stop-gradient) from the mean μ_s and std σ_s (centred two-pass) of all anchor–negative
+    similarities s_ij, i≠j: "inverse_std": β_k·sqrt(2 - 2μ_s)/(σ_s + eps) (= β_k/σ_d to first
+    order, σ_d the std of the distances), or "inverse_sim_std": β_k/(σ_s + eps); then clipped to
+    [-beta_max, beta_max] (a fixed β is used as given).
     """
-    spec = LossSpec("cehnc", True, "distance", beta1, beta2, adaptive, adaptive_rule, adaptive_eps)
+    spec = cehnc_spec(beta1, beta2, adaptive, adaptive_rule, adaptive_eps, beta_max)
     return dense_loss(img, txt, temperature, spec)
 
 
-LOSSES: dict[str, Callable[..., Array]] = {
-    "infonce": infonce,
-    "dcl": dcl,
-    "hn_nce": hn_nce,
-    "dhn_nce": dhn_nce,
-    "cehnc": cehnc,
-}
+def siglip(img: Array, txt: Array, temperature: Array | float, bias: Array | float) -> Array:
+    """SigLIP (Zhai et al. 2023; open_clip `SigLipLoss`): -(1/B) Σ_i Σ_j log σ(y_ij (s_ij/τ + b)),
 
-
-def make_spec(name: str, **hparams) -> LossSpec:
-    """The `LossSpec` of loss `name`; hyperparameters use the same keywords as the function."""
-    if name not in LOSSES:
-        raise ValueError(f"loss.name={name!r} is not one of {sorted(LOSSES)}")
-    allowed = {
-        "infonce": set(),
-        "dcl": set(),
-        "hn_nce": {"beta"},
-        "dhn_nce": {"beta1", "beta2"},
-        "cehnc": {"beta1", "beta2", "adaptive", "adaptive_rule", "adaptive_eps"},
-    }[name]
-    extra = set(hparams) - allowed
-    if extra:
-        raise ValueError(f"loss {name} takes no hyperparameter(s) {sorted(extra)}")
-    required = {"hn_nce": {"beta"}, "dhn_nce": {"beta1", "beta2"}, "cehnc": {"beta1", "beta2"}}
-    missing = required.get(name, set()) - set(hparams)
-    if missing:
-        raise ValueError(f"loss {name} needs hyperparameter(s) {sorted(missing)}")
-    if name == "infonce":
-        return LossSpec(name, True)
-    if name == "dcl":
-        return LossSpec(name, False)
-    if name == "hn_nce":
-        b = float(hparams["beta"])
-        return LossSpec(name, True, "similarity", b, b)
-    if name == "dhn_nce":
-        return LossSpec(name, False, "similarity", float(hparams["beta1"]), float(hparams["beta2"]))
-    return LossSpec(
-        name,
-        True,
-        "distance",
-        float(hparams["beta1"]),
-        float(hparams["beta2"]),
-        bool(hparams.get("adaptive", True)),
-        str(hparams.get("adaptive_rule", "inverse_std")),
-        float(hparams.get("adaptive_eps", 1e-6)),
-    )
+    y = +1 on the diagonal (the B positives), -1 elsewhere; τ and b are learned (init 0.1, -10).
+    """
+    spec = siglip_spec()
+    _check_pairs(img, txt, spec)
+    s = similarity(img, txt)
+    logits = s / jnp.asarray(temperature).astype(s.dtype) + jnp.asarray(bias).astype(s.dtype)
+    labels = 2.0 * jnp.eye(s.shape[0], dtype=s.dtype) - 1.0
+    return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / s.shape[0]
