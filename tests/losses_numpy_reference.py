@@ -13,13 +13,22 @@ KINDS = {  # name -> (keep positive in the denominator, weighting)
 }
 
 
-def adaptive_beta(s: np.ndarray, beta: float, rule: str = "inverse_std", eps: float = 1e-6):
-    """β_eff from the mean/std of the off-diagonal similarities (population std)."""
-    off = s[~np.eye(len(s), dtype=bool)]
-    mu, sd = off.mean(), off.std()
+def offdiag_moments(s: np.ndarray) -> tuple[float, float]:
+    """Mean and population std of the off-diagonal entries of s (float64, NumPy's two-pass)."""
+    off = np.asarray(s, np.float64)[~np.eye(len(s), dtype=bool)]
+    return float(off.mean()), float(off.std())
+
+
+def adaptive_beta(
+    s: np.ndarray, beta: float, rule: str = "inverse_std", eps: float = 1e-6, beta_max=50.0
+):
+    """β_eff from the mean/std of the off-diagonal similarities, clipped to ±beta_max."""
+    mu, sd = offdiag_moments(s)
     if rule == "inverse_std":
-        return beta * np.sqrt(max(2 - 2 * mu, 0) + 1e-12) / (sd + eps)
-    return beta / (sd + eps)
+        b = beta * np.sqrt(max(2 - 2 * mu, 0) + 1e-12) / (sd + eps)
+    else:
+        b = beta / (sd + eps)
+    return float(np.clip(b, -beta_max, beta_max))
 
 
 def weights(s: np.ndarray, tau: float, kind: str, beta: float) -> np.ndarray:
@@ -53,22 +62,41 @@ def direction(s, tau, keep_pos, w) -> float:
 
 
 def loss(
-    name, img, txt, tau, beta1=0.0, beta2=0.0, adaptive=False, rule="inverse_std", frozen=None
+    name,
+    img,
+    txt,
+    tau,
+    beta1=0.0,
+    beta2=0.0,
+    adaptive=False,
+    rule="inverse_std",
+    frozen=None,
+    beta_max=50.0,
 ):
     """The loss `name`; `frozen=(w_i2t, w_t2i)` holds the weights fixed (stop-gradient)."""
     keep_pos, kind = KINDS[name]
     s = img @ txt.T
     if frozen is None:
-        frozen = frozen_weights(name, img, txt, tau, beta1, beta2, adaptive, rule)
+        frozen = frozen_weights(name, img, txt, tau, beta1, beta2, adaptive, rule, beta_max)
     return 0.5 * (direction(s, tau, keep_pos, frozen[0]) + direction(s.T, tau, keep_pos, frozen[1]))
 
 
-def frozen_weights(name, img, txt, tau, beta1, beta2, adaptive=False, rule="inverse_std"):
+def frozen_weights(
+    name, img, txt, tau, beta1, beta2, adaptive=False, rule="inverse_std", beta_max=50.0
+):
     _, kind = KINDS[name]
     s = img @ txt.T
     if adaptive:
-        beta1, beta2 = adaptive_beta(s, beta1, rule), adaptive_beta(s, beta2, rule)
+        beta1 = adaptive_beta(s, beta1, rule, beta_max=beta_max)
+        beta2 = adaptive_beta(s, beta2, rule, beta_max=beta_max)
     return weights(s, tau, kind, beta1), weights(s.T, tau, kind, beta2)
+
+
+def siglip(img, txt, tau, bias) -> float:
+    """-(1/B) Σ_ij log σ(y_ij (s_ij/τ + b)), y = +1 on the diagonal, -1 elsewhere."""
+    s = img @ txt.T
+    y = 2 * np.eye(len(s)) - 1
+    return float(np.sum(np.logaddexp(0.0, -y * (s / tau + bias))) / len(s))
 
 
 def numeric_grad(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""make_global_loss on 8 virtual CPU devices equals the single-device loss (value and gradient)."""
+"""make_global_loss (gather and ring forms) on 8 virtual CPU devices equals the dense loss in
+float64: values and gradients for img, txt, τ (and SigLIP's bias), 1-D and 2-D meshes."""
 
 import jax
 import losses_numpy_reference as ref
@@ -15,14 +16,22 @@ HP = {
     "hn_nce": {"beta": 0.6},
     "dhn_nce": {"beta1": 0.4, "beta2": 0.9},
     "cehnc": {"beta1": 0.5, "beta2": 1.5, "adaptive": True},
+    "cehnc_fixed": {"beta1": 0.5, "beta2": 1.5, "adaptive": False},
+    "cehnc_capped": {"beta1": 0.5, "beta2": 1.5, "adaptive": True, "beta_max": 2.0},
+    "siglip": {},
+}
+MESHES = {  # name -> (mesh shape, axis names, batch axis argument)
+    "data8": ((8,), ("data",), "data"),
+    "data4_fsdp2": ((4, 2), ("data", "fsdp"), ("data", "fsdp")),
 }
 
 
-@pytest.fixture(scope="module")
-def mesh():
+@pytest.fixture(scope="module", params=list(MESHES))
+def mesh_axis(request):
     if jax.device_count() < 8:
         pytest.skip("needs 8 (virtual) devices")
-    return jax.make_mesh((8,), ("data",))
+    shape, names, axis = MESHES[request.param]
+    return jax.make_mesh(shape, names), axis
 
 
 def _pairs(b, d=6, seed=0):
@@ -31,34 +40,66 @@ def _pairs(b, d=6, seed=0):
     return img, ref.unit(img + 0.7 * rng.normal(size=(b, d)))
 
 
-@pytest.mark.parametrize("name", list(HP))
-def test_global_loss_equals_single_device_loss_in_value_and_gradient(mesh, name):
-    img, txt = _pairs(24)  # 3 rows per device; block 5 does not divide 24 (padded, masked)
+def _args(name, img, txt):
+    return (img, txt, np.float64(0.2)) + ((np.float64(-1.5),) if name == "siglip" else ())
+
+
+@pytest.mark.parametrize("form", ["gather", "ring"])
+@pytest.mark.parametrize("key", list(HP))
+def test_global_loss_equals_the_dense_loss_in_value_and_gradient(mesh_axis, form, key):
+    """B = 40 over 8 devices: B_l = 5 rows each; tiles of 3 divide neither B_l nor B."""
+    mesh, axis = mesh_axis
+    name, hp = key.removesuffix("_fixed").removesuffix("_capped"), HP[key]
+    img, txt = _pairs(40)
     with jax.enable_x64(True):
-        want = jax.value_and_grad(
-            lambda i, t, ta: losses.get_loss(name)(i, t, ta, **HP[name]), argnums=(0, 1, 2)
-        )(img, txt, 0.2)
-        fn = losses.make_global_loss(name, mesh, block_size=5, **HP[name])
-        got = jax.value_and_grad(fn, argnums=(0, 1, 2))(img, txt, np.float64(0.2))
-    np.testing.assert_allclose(float(got[0]), float(want[0]), atol=1e-5)
-    for g, w in zip(got[1], want[1], strict=True):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+        args = _args(name, img, txt)
+        argnums = tuple(range(len(args)))
+        dense = lambda *a: losses.get_loss(name)(*a, **hp)
+        want = jax.value_and_grad(dense, argnums=argnums)(*args)
+        fn = losses.make_global_loss(name, mesh, axis=axis, form=form, block_size=3, **hp)
+        got = jax.value_and_grad(fn, argnums=argnums)(*args)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-12, atol=1e-12)
+    for g, w, what in zip(got[1], want[1], ("img", "txt", "tau", "bias"), strict=False):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-12, err_msg=what)
 
 
-def test_global_loss_accepts_explicitly_sharded_inputs_and_default_block(mesh):
-    img, txt = _pairs(16)
-    sh = NamedSharding(mesh, P("data"))
-    fn = losses.make_global_loss("cehnc", mesh, **HP["cehnc"])
-    got = jax.jit(fn)(jax.device_put(img.astype(np.float32), sh), jax.device_put(txt, sh), 0.1)
-    want = losses.cehnc(img.astype(np.float32), txt.astype(np.float32), 0.1, **HP["cehnc"])
+@pytest.mark.parametrize("form", ["gather", "ring"])
+def test_global_loss_accepts_explicitly_sharded_inputs_and_default_block(mesh_axis, form):
+    mesh, axis = mesh_axis
+    img, txt = (x.astype(np.float32) for x in _pairs(16))
+    rows = P(axis) if isinstance(axis, str) else P(tuple(axis))
+    sh = NamedSharding(mesh, rows)
+    fn = losses.make_global_loss("cehnc", mesh, axis=axis, form=form, **HP["cehnc"])
+    got = jax.jit(fn)(jax.device_put(img, sh), jax.device_put(txt, sh), 0.1)
+    want = losses.cehnc(img, txt, 0.1, **HP["cehnc"])
     np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
 
 
-def test_global_loss_refuses_a_batch_that_does_not_split_over_the_mesh(mesh):
+def test_data_axis_alone_on_a_2d_mesh_still_works():
+    """axis="data" on a (4, 2) mesh: rows over data, fsdp replicas repeat the work (allowed)."""
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
+    img, txt = _pairs(12)
+    with jax.enable_x64(True):
+        for form in ("gather", "ring"):
+            fn = losses.make_global_loss("dcl", mesh, axis="data", form=form, block_size=2)
+            np.testing.assert_allclose(
+                float(fn(img, txt, 0.3)), float(losses.dcl(img, txt, 0.3)), rtol=1e-12
+            )
+
+
+def test_global_loss_refuses_bad_layouts_and_arguments():
+    mesh = jax.make_mesh((8,), ("data",))
     img, txt = _pairs(20)
     with pytest.raises(ValueError, match="not a multiple of mesh axis"):
         losses.make_global_loss("infonce", mesh)(img, txt, 0.1)
     with pytest.raises(ValueError, match="block_size"):
         losses.make_global_loss("infonce", mesh, block_size=0)
-    with pytest.raises(ValueError, match="no axis"):
-        losses.make_global_loss("infonce", mesh, axis="model")
+    with pytest.raises(ValueError, match="no axis 'model'"):
+        losses.make_global_loss("infonce", mesh, axis=("data", "model"))
+    with pytest.raises(ValueError, match="global_form"):
+        losses.make_global_loss("infonce", mesh, form="allreduce")
+    img, txt = _pairs(16)
+    with pytest.raises(ValueError, match="learns a logit bias"):
+        losses.make_global_loss("siglip", mesh)(img, txt, 0.1)
+    with pytest.raises(ValueError, match="takes no logit bias"):
+        losses.make_global_loss("infonce", mesh)(img, txt, 0.1, -10.0)

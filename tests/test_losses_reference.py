@@ -18,6 +18,11 @@ CASES = [
         {"beta1": 0.6, "beta2": 1.3, "adaptive": True},
         {"beta1": 0.6, "beta2": 1.3, "adaptive": True},
     ),
+    (  # the cap binds: β_eff = 2.48 and 5.38 uncapped
+        "cehnc",
+        {"beta1": 0.6, "beta2": 1.3, "adaptive": True, "beta_max": 1.5},
+        {"beta1": 0.6, "beta2": 1.3, "adaptive": True, "beta_max": 1.5},
+    ),
     (
         "cehnc",
         {"beta1": 0.3, "beta2": 0.2, "adaptive": True, "adaptive_rule": "inverse_sim_std"},
