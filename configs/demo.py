@@ -8,7 +8,7 @@ Run:  mzs demo                      # full: about 6-9 minutes on 2 CPU cores
 
 import ml_collections
 
-LOSSES = ("infonce", "dcl", "hn_nce", "dhn_nce", "cehnc")
+from mzs_jax.losses import PAPER_LOSSES as LOSSES
 
 
 def get_config(arg=None):

@@ -86,9 +86,15 @@ MAPPING: tuple[tuple[str, str, str], ...] = tuple(
 )  # fmt: skip
 
 
-def expand_mapping(vision_layers: int, text_layers: int) -> list[tuple[str, str, str]]:
+# open_clip's learned logit bias (SigLIP-style models), present only when the model has one.
+LOGIT_BIAS_ROW = ("logit_bias", "logit_bias", SAME)
+
+
+def expand_mapping(
+    vision_layers: int, text_layers: int, logit_bias: bool = False
+) -> list[tuple[str, str, str]]:
     """The table with `{i}` filled in: one row per tensor, in open_clip order."""
-    rows = []
+    rows = [LOGIT_BIAS_ROW] if logit_bias else []
     for torch_key, flax_path, kind in MAPPING:
         if "{i}" not in torch_key:
             rows.append((torch_key, flax_path, kind))
@@ -126,7 +132,13 @@ def from_open_clip(state_dict: Mapping[str, object], config) -> clip_lib.CLIP:
     """
     cfg = _model_config(config)
     sd = {k: v for k, v in state_dict.items() if k not in STALE_KEYS}
-    rows = expand_mapping(cfg.vision.layers, cfg.text.layers)
+    has_bias = cfg.get("logit_bias_init") is not None
+    rows = expand_mapping(cfg.vision.layers, cfg.text.layers, has_bias)
+    if "logit_bias" in sd and not has_bias:
+        raise ValueError(
+            "unexpected key 'logit_bias' in the open_clip state dict: the weights have a learned "
+            "logit bias (SigLIP-style); set model.logit_bias_init to build the model with one"
+        )
     known = {r[0] for r in rows}
     for key, _, _ in rows:
         if key not in sd:
@@ -163,7 +175,8 @@ def from_open_clip(state_dict: Mapping[str, object], config) -> clip_lib.CLIP:
 def to_open_clip(model: clip_lib.CLIP) -> dict[str, np.ndarray]:
     """Flax `CLIP` → open_clip state dict of float32 numpy arrays (context encoder excluded)."""
     params = flax_params(model)
-    rows = expand_mapping(len(model.visual.blocks), len(model.text.layers))
+    has_bias = getattr(model, "logit_bias", None) is not None
+    rows = expand_mapping(len(model.visual.blocks), len(model.text.layers), has_bias)
     out = {}
     for key, path, kind in rows:
         value = np.asarray(params[path].get_value(), dtype=np.float32)
@@ -180,10 +193,13 @@ def random_state_dict(config, seed: int = 0) -> dict[str, np.ndarray]:
     params = flax_params(nnx.eval_shape(lambda: clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))))
     rng = np.random.default_rng(seed)
     out = {}
-    for key, path, kind in expand_mapping(cfg.vision.layers, cfg.text.layers):
+    has_bias = cfg.get("logit_bias_init") is not None
+    for key, path, kind in expand_mapping(cfg.vision.layers, cfg.text.layers, has_bias):
         shape = _TO_TORCH[kind](np.empty(params[path].get_value().shape, np.uint8)).shape
         out[key] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
     out["logit_scale"] = np.asarray(cfg.logit_scale_init, np.float32)
+    if has_bias:
+        out["logit_bias"] = np.asarray(cfg.logit_bias_init, np.float32)
     return out
 
 

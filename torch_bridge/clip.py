@@ -22,9 +22,11 @@ _VIT_BASE_EPS = 1e-6
 
 def open_clip_config(cfg, bert_dir: str) -> dict:
     """The `open_clip_config.json` of BiomedCLIP, with the text tower pointing at `bert_dir`."""
+    bias = cfg.get("logit_bias_init")
     return {
         "model_cfg": {
             "embed_dim": cfg.embed_dim,
+            **({} if bias is None else {"init_logit_bias": float(bias)}),
             "vision_cfg": {
                 "timm_model_name": timm_model_name(cfg),
                 "timm_model_pretrained": False,
@@ -109,6 +111,8 @@ def build_open_clip(config, weights: str | os.PathLike | None = None) -> nn.Modu
         )
     with torch.no_grad():
         model.logit_scale.fill_(float(cfg.logit_scale_init))
+        if model.logit_bias is not None:
+            model.logit_bias.fill_(float(cfg.logit_bias_init))
     if weights is not None:
         load_weights(model, weights)
     return model.eval()

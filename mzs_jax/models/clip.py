@@ -33,6 +33,8 @@ def model_config(name: str) -> ConfigDict:
     c.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"
     c.logit_scale_init = math.log(1 / 0.07)
+    # Learned logit bias (SigLIP, `logit_bias` in open_clip): None = no bias parameter.
+    c.logit_bias_init = None
     # Metadata encoder (models/context.py, disabled by default); not part of an open_clip export.
     c.context = context_defaults()
     if name == "biomedclip":
@@ -111,7 +113,8 @@ def _l2_normalize(x: jax.Array) -> jax.Array:
 
 
 class CLIP(nnx.Module):
-    """`.visual` (ViT), `.text` (BERT), `.logit_scale` (scalar Param), `.context` (optional)."""
+    """`.visual` (ViT), `.text` (BERT), `.logit_scale` (scalar Param), `.logit_bias` (scalar
+    Param, only with `logit_bias_init`, else None), `.context` (optional)."""
 
     def __init__(self, cfg: ConfigDict, *, rngs: nnx.Rngs):
         dtype, param_dtype = _dtype(cfg, "dtype"), _dtype(cfg, "param_dtype")
@@ -124,6 +127,8 @@ class CLIP(nnx.Module):
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
         self.text = TextTower(cfg.text, cfg.embed_dim, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, param_dtype))
+        bias = cfg.get("logit_bias_init")
+        self.logit_bias = None if bias is None else nnx.Param(jnp.asarray(bias, param_dtype))
         self.context = (
             ContextEncoder(cfg.context, cfg.embed_dim, rngs=rngs) if cfg.context.enabled else None
         )

@@ -163,7 +163,8 @@ def eval_examples(
 
 
 def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.Array, dict]:
-    """The stage 1 objective: `loss(img, txt, τ)` on the two L2-normalised `(B, E)` embeddings.
+    """The stage 1 objective: `loss(img, txt, τ[, bias])` on the two L2-normalised `(B, E)`
+    embeddings; the model's `logit_bias` (SigLIP, `model.logit_bias_init`) is passed if it has one.
 
     `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
     open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
@@ -180,7 +181,10 @@ def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.A
         img, txt = clip_context.fuse_batch(model, img, txt, batch["context"])
     scale = model.logit_scale[...].astype(jnp.float32)
     temperature = jnp.exp(-scale)
-    return loss(img, txt, temperature), {"temperature": temperature}
+    if getattr(model, "logit_bias", None) is None:
+        return loss(img, txt, temperature), {"temperature": temperature}
+    bias = model.logit_bias[...].astype(jnp.float32)  # SigLIP: the loss learns the bias too
+    return loss(img, txt, temperature, bias), {"temperature": temperature, "logit_bias": bias}
 
 
 class ClipTask:
