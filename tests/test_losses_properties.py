@@ -19,6 +19,7 @@ ALL = {
     "dhn_nce": {"beta1": 0.3, "beta2": 0.8},
     "cehnc": {"beta1": 0.5, "beta2": 1.0, "adaptive": True},
     "cehnc_fixed": {"beta1": 0.5, "beta2": 1.0, "adaptive": False},
+    "siglip": {"bias": -3.0},  # the bias bound like a hyperparameter (not differentiated here)
 }
 
 
@@ -118,6 +119,7 @@ def test_the_temperature_receives_a_finite_nonzero_gradient(seed, b, tau):
         ("dhn_nce", {"beta1": 0.15, "beta2": 0.15}),
         ("cehnc", {"beta1": 0.5, "beta2": 0.5, "adaptive": True}),
         ("cehnc_fixed", {"beta1": 2.0, "beta2": 2.0, "adaptive": False}),
+        ("siglip", {"bias": -2.0}),  # ∂/∂s_ij = σ(s_ij/τ + b)/(Bτ): positive, rising with s
     ],
 )
 def test_planted_hard_negative_gets_the_largest_positive_gradient(key, hp):
