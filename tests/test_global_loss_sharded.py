@@ -103,3 +103,23 @@ def test_global_loss_refuses_bad_layouts_and_arguments():
         losses.make_global_loss("siglip", mesh)(img, txt, 0.1)
     with pytest.raises(ValueError, match="takes no logit bias"):
         losses.make_global_loss("infonce", mesh)(img, txt, 0.1, -10.0)
+
+
+@pytest.mark.parametrize("name", ["infonce", "cehnc", "siglip"])
+def test_only_the_gather_form_holds_the_whole_other_side(name):
+    """Compiled (not run) at B = 16,384, D = 512 on 8 devices, tiles of 128 (so the tiles are
+    small next to B_l × D): the gather form's temporaries hold the gathered (B, D) side; the ring
+    form's stay under half of it (docs/losses.md)."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    b, d = 16_384, 512
+    x = jax.ShapeDtypeStruct((b, d), np.float32, sharding=NamedSharding(mesh, P("data")))
+    t = jax.ShapeDtypeStruct((), np.float32, sharding=NamedSharding(mesh, P()))
+    args = (x, x, t, t) if name == "siglip" else (x, x, t)
+    temp = {}
+    for form in ("gather", "ring"):
+        fn = losses.make_global_loss(name, mesh, form=form, block_size=128, **HP[name])
+        vg = jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(args)))))
+        temp[form] = vg.lower(*args).compile().memory_analysis().temp_size_in_bytes
+    side = b * d * 4
+    assert temp["gather"] >= side, temp
+    assert temp["ring"] < side / 2, temp
