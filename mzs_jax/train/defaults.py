@@ -19,8 +19,13 @@ def train_config() -> ml_collections.ConfigDict:
     c.batch_size = 64  # global, over all processes and devices
     c.num_epochs = 10
     c.total_steps = -1  # > 0 overrides num_epochs
-    c.grad_accum = 1  # micro-batches per step (scan); batch_size must divide by it
-    c.compute_dtype = "float32"  # or "bfloat16": params cast for the forward, fp32 master copy
+    c.grad_accum = 1  # micro-batches per step; batch_size must divide by it
+    # "exact": a contrastive task's loss still sees the whole batch (GradCache, train/step.py);
+    # "independent": one loss per micro-batch (B/grad_accum negatives: a different objective).
+    c.accumulation = "exact"
+    # Matmul dtype of the model ("float32" | "bfloat16"); parameters stay float32 master copies
+    # and the loss reductions float32.
+    c.compute_dtype = "float32"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw | sgd
@@ -74,6 +79,8 @@ def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # merged into the model config
     c.init = ""  # "" = random init; a workdir to start from (e.g. made by `mzs import`)
     c.temperature_init = 0.07
+    # With `init`: keep the imported checkpoint's τ instead of restarting at temperature_init.
+    c.keep_imported_temperature = False
     c.clamp = (("logit_scale", 0.0, math.log(100.0)),)
 
     c.loss = losses_default_config()  # name, betas, adaptive, global_batch, block_size (F2)
