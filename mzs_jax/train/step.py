@@ -34,17 +34,29 @@ def with_compute_dtype(
     return out
 
 
-def low_precision_ops(hlo_text: str) -> int:
-    """How many dot/convolution ops of an HLO module (`lowered.as_text(dialect="hlo")`, before
-    XLA's own passes) take bfloat16 operands."""
-    return len(re.findall(r"\b(?:dot|convolution)\(bf16\[", hlo_text))
+_MATMUL = re.compile(
+    r"stablehlo\.(?:dot_general|convolution).*?: "
+    r"\(tensor<(?:[^>]*x)?(\w+)>, tensor<(?:[^>]*x)?(\w+)>\).*?loc\((#loc\d+)\)"
+)
+_LOC = re.compile(r'^(#loc\d+) = loc\("([^"]*)"')
+
+
+def matmul_operand_dtypes(lowered) -> list[tuple[str, str, str]]:
+    """`(op name with its named scopes, lhs dtype, rhs dtype)` of every dot/convolution of a lowered
+    computation, read from its StableHLO (before XLA's own passes, which may upcast on CPU)."""
+    text = lowered.as_text(debug_info=True)
+    names = dict(m.groups() for line in text.splitlines() if (m := _LOC.match(line)))
+    return [
+        (names.get(loc, loc), lhs, rhs)
+        for lhs, rhs, loc in (m.groups() for m in _MATMUL.finditer(text))
+    ]
 
 
 def check_compute_dtype(lowered, config: ml_collections.ConfigDict) -> None:
     """Refuse a bfloat16 run whose lowered step has no bfloat16 matmul (a task that ignored
     `config.compute_dtype` would otherwise train in float32 under a bfloat16 flag)."""
-    if str(config.compute_dtype) == "bfloat16" and not low_precision_ops(
-        lowered.as_text(dialect="hlo")
+    if str(config.compute_dtype) == "bfloat16" and not any(
+        "bf16" in (lhs, rhs) for _, lhs, rhs in matmul_operand_dtypes(lowered)
     ):
         raise ValueError(
             "config.compute_dtype='bfloat16' but the compiled step has no bfloat16 matmul: the "
