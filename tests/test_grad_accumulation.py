@@ -4,6 +4,7 @@ whole batch, so loss, gradients and the updated parameters equal the `grad_accum
 import runpy
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -23,8 +24,11 @@ def _config(repo_root, name, context, mesh, k, accumulation="exact"):
     cfg = runpy.run_path(str(repo_root / "configs" / "clip_cehnc.py"))["get_config"]()
     cfg.model = "tiny"
     cfg.model_overrides.context.enabled = context
+    # One block per tower: accumulation does not depend on depth, and compiles stay short.
+    cfg.model_overrides.vision = ml_collections.ConfigDict({"layers": 1})
+    cfg.model_overrides.text = ml_collections.ConfigDict({"layers": 1})
     cfg.loss.name = name
-    cfg.data.path = f"phantom:{BATCH + 8}"
+    cfg.data.path = "phantom:72"
     cfg.data.val_fraction = 0.0
     cfg.mesh.data, cfg.mesh.fsdp = mesh
     cfg.batch_size, cfg.grad_accum, cfg.accumulation = BATCH, k, accumulation
@@ -121,3 +125,30 @@ def test_bad_accumulation_config_names_the_key(tasks, repo_root):
     task = tasks[False]
     with pytest.raises(ValueError, match="config.accumulation"):
         _gradients(task, _config(repo_root, "infonce", False, (1, 1), 2, "mean"), jax.devices()[:1])
+
+
+def test_exact_accumulation_keeps_one_micro_batch_of_activations(tasks, repo_root):
+    """Compiled temp memory: GradCache over 8 micro-batches needs far less than the whole batch's
+    activations (one micro-batch's plus O(B·E) outputs), and the independent form about the same."""
+    task = tasks[False]
+    devices = jax.devices()[:1]
+    temp = {}
+    for label, k, mode in (
+        ("plain", 1, "exact"),
+        ("exact", 8, "exact"),
+        ("indep", 8, "independent"),
+    ):
+        cfg = _config(repo_root, "infonce", False, (1, 1), k, mode)
+        cfg.batch_size = 64
+        task.config = cfg
+        mesh = make_mesh(cfg.mesh, devices)
+        task.bind_mesh(mesh)
+        graphdef, _, state = init_state(task, cfg, mesh, spe=1)
+        batch = next(train_iterator(task.train_dataset(cfg), cfg, 1, 0, 1))
+        fn = make_gradient_fn(
+            task.loss_fn, graphdef, cfg, embed_fn=task.embed, batch_loss_fn=task.batch_loss
+        )
+        lowered = jax.jit(fn).lower(state["params"], state["rest"], batch, state["rng"])
+        temp[label] = lowered.compile().memory_analysis().temp_size_in_bytes
+    assert temp["exact"] < 0.5 * temp["plain"], temp
+    assert temp["exact"] < 2 * temp["indep"], temp

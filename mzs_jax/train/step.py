@@ -7,6 +7,7 @@ donated, sharded and checkpointed as is; `params` are the NNX `Param`s (fp32 mas
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -163,6 +164,7 @@ def make_gradient_fn(
     *,
     embed_fn: Callable | None = None,
     batch_loss_fn: Callable | None = None,
+    unroll: bool = False,
 ) -> Callable:
     """`fn(params, rest, batch, rng) -> (loss, metrics, rest, grads)` for the global batch.
 
@@ -182,9 +184,11 @@ def make_gradient_fn(
       loss then sees B/k negatives per micro-batch, a different experiment (named, not the default).
 
     Parameters stay float32; the model's compute dtype (`config.compute_dtype`) is set by the task
-    when it builds the model (`with_compute_dtype`), so the matmuls run in it.
+    when it builds the model (`with_compute_dtype`), so the matmuls run in it. `unroll=True`
+    unrolls the micro-batch loops (for FLOP counts: XLA's cost analysis counts a loop body once).
     """
     k = int(config.grad_accum)
+    scan = functools.partial(jax.lax.scan, unroll=True) if unroll else jax.lax.scan
     mode = str(config.get("accumulation", "exact"))
     if k < 1:
         raise ValueError(f"config.grad_accum={k} must be >= 1")
@@ -210,7 +214,7 @@ def make_gradient_fn(
             (loss, (metrics, rest)), g = grad_fn(params, rest, mb, jax.random.fold_in(rng, j))
             return (_tree_add(grads_acc, g), rest), (loss, metrics)
 
-        (grads, rest), (losses, metrics) = jax.lax.scan(
+        (grads, rest), (losses, metrics) = scan(
             body, (_f32_zeros(params), rest), (_micro_batches(batch, k), jnp.arange(k))
         )
         grads = jax.tree.map(lambda g: g / k, grads)
@@ -229,7 +233,7 @@ def make_gradient_fn(
             out, _ = embed(params, rest, mb, jax.random.fold_in(rng, j))
             return rest, jax.lax.stop_gradient(out)
 
-        _, outputs = jax.lax.scan(forward, rest, (micro, idx))
+        _, outputs = scan(forward, rest, (micro, idx))
 
         def objective(params, outputs):  # (b) the loss on the whole batch
             model = nnx.merge(graphdef, params, rest)
@@ -248,7 +252,7 @@ def make_gradient_fn(
             return (_tree_add(grads_acc, vjp(ct)[0]), rest), None
 
         init = (jax.tree.map(lambda g: g.astype(jnp.float32), grads), rest)
-        (grads, rest), _ = jax.lax.scan(backward, init, (micro, idx, _micro_batches(d_outputs, k)))
+        (grads, rest), _ = scan(backward, init, (micro, idx, _micro_batches(d_outputs, k)))
         return loss, metrics, rest, grads
 
     return plain if k == 1 else (grad_cache if two_phase else independent)
