@@ -5,9 +5,10 @@ XLA compiles; `--quick`: the tiny CLIP, a few minutes). For global batches 4,096
 with a fixed per-device micro-batch (64), the train step is lowered on `ShapeDtypeStruct`s for:
 exact accumulation (GradCache) with and without remat, the old independent accumulation (one loss
 per micro-batch), and no accumulation. XLA `memory_analysis()` gives bytes per device; FLOPs per
-step come from `cost_analysis()` of the same step with its micro-batch loops unrolled (XLA counts a
-loop body once), measured at 2 micro-batches and scaled linearly to the batch (tower FLOPs are
-linear in the batch; the loss's B² term is added from its own cost analysis). Then the loss alone
+step: the towers' from `cost_analysis()` of the same step with its micro-batch loops unrolled (XLA
+counts a loop body once), at 1-3 micro-batches, extrapolated linearly (exact: they are linear in
+the number of micro-batches), plus the loss's from the cost analysis of its dense form on the whole
+batch (the streamed form does one more B×B pass, to recompute). Then the loss alone
 (gather vs ring) at B = 65,536 / 262,144 / 1,048,576 from `bench/loss_memory.py`.
 """
 
@@ -55,8 +56,13 @@ def _config(model: str, loss: str, batch: int, k: int, accumulation: str, remat:
     return c
 
 
-def _abstract_step(cfg, *, unroll: bool = False):
-    """(jitted train step, abstract state, abstract batch) with the engine's shardings."""
+def _linear_loss(img, txt, temperature):
+    """Stands in for the contrastive loss when counting the towers' FLOPs (linear in the batch)."""
+    return -jnp.mean(jnp.sum(img * txt, axis=-1)) / temperature
+
+
+def _abstract_step(cfg, *, unroll: bool = False, towers_only: bool = False):
+    """(jitted train step, abstract args) with the engine's shardings."""
     mesh = make_mesh(cfg.mesh)
     mc = clip_task.clip_model_config(cfg)
     model = nnx.eval_shape(lambda: clip.CLIP(with_compute_dtype(mc, cfg), rngs=nnx.Rngs(0)))
@@ -81,7 +87,7 @@ def _abstract_step(cfg, *, unroll: bool = False):
         "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs),
     }
     hp = losses.hparams_from_config(cfg.loss)
-    loss = losses.make_global_loss(cfg.loss.name, mesh, **hp)
+    loss = _linear_loss if towers_only else losses.make_global_loss(cfg.loss.name, mesh, **hp)
     gradients = make_gradient_fn(
         lambda m, x, r: clip_task.clip_loss(m, x, loss),
         graphdef,
@@ -121,8 +127,19 @@ def _memory(cfg) -> dict:
 
 
 def _flops(cfg) -> float:
-    step, args = _abstract_step(cfg, unroll=True)
+    """Towers + optimizer FLOPs of the step, micro-batch loops unrolled."""
+    step, args = _abstract_step(cfg, unroll=True, towers_only=True)
     return float(step.lower(*args).compile().cost_analysis()["flops"])
+
+
+@functools.cache
+def _loss_flops(loss: str, batch: int, dim: int) -> float:
+    """FLOPs of the loss's value and gradient in its dense form (no loops: XLA counts them all)."""
+    hp = losses.hparams_from_config(defaults.clip_config(loss).loss)
+    fn = jax.value_and_grad(lambda a, b, t: losses.get_loss(loss)(a, b, t, **hp), argnums=(0, 1, 2))
+    x = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
+    t = jax.ShapeDtypeStruct((), jnp.float32)
+    return float(jax.jit(fn).lower(x, x, t).compile().cost_analysis()["flops"])
 
 
 @functools.cache
@@ -130,15 +147,19 @@ def _unrolled_flops(model, loss, accumulation, mesh, micro, k) -> float:
     return _flops(_config(model, loss, k * micro, k, accumulation, "none", mesh))
 
 
-def _step_flops(model, loss, variant, batch, mesh, micro) -> float:
-    """FLOPs of one step on `batch`, extrapolated linearly from unrolled steps of 1-3 micro-batches
-    (the loss's B² term, ≈ 8·B²·D, is 0.2 % of the full-size step at 65,536: not extrapolated)."""
+def _step_flops(model, loss, variant, batch, mesh, micro, dim) -> float:
+    """FLOPs of one step on `batch`: the towers' (linear in the number of micro-batches, from
+    unrolled steps of 1-3 micro-batches) plus the loss's on the whole batch (or per micro-batch)."""
     accumulation, _, accumulate = VARIANTS[variant]
     k = batch // micro
     if not accumulate:
-        return k * _unrolled_flops(model, loss, accumulation, mesh, micro, 1)
-    f2, f3 = (_unrolled_flops(model, loss, accumulation, mesh, micro, n) for n in (2, 3))
-    return f2 + (k - 2) * (f3 - f2)
+        towers = k * _unrolled_flops(model, loss, accumulation, mesh, micro, 1)
+    else:
+        f2, f3 = (_unrolled_flops(model, loss, accumulation, mesh, micro, n) for n in (2, 3))
+        towers = f2 + (k - 2) * (f3 - f2)
+    if accumulation == "independent" and accumulate:
+        return towers + k * _loss_flops(loss, micro, dim)
+    return towers + _loss_flops(loss, batch, dim)
 
 
 def tower_rows(model: str, loss: str, batches, mesh) -> list[dict]:
@@ -153,7 +174,8 @@ def tower_rows(model: str, loss: str, batches, mesh) -> list[dict]:
                 row.update(_memory(cfg))
             except Exception as e:  # a size XLA refuses to compile is a result, not a crash
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-            row["TFLOP/step"] = _step_flops(model, loss, variant, batch, mesh, micro) / 1e12
+            dim = clip.model_config(model).embed_dim
+            row["TFLOP/step"] = _step_flops(model, loss, variant, batch, mesh, micro, dim) / 1e12
             rows.append(row)
             print(row, flush=True)
     return rows
