@@ -135,11 +135,13 @@ class CLIP(nnx.Module):
 
     def encode_image(self, images: jax.Array) -> jax.Array:
         """NHWC float32 images normalised with CLIP mean/std `(B, H, W, 3)` → `(B, E)`, unit L2."""
-        return _l2_normalize(self.visual(images))
+        with jax.named_scope("visual"):  # names the tower's ops in the HLO
+            return _l2_normalize(self.visual(images))
 
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """int32 `(B, L)` ids and 0/1 mask → `(B, E)`, unit L2."""
-        return _l2_normalize(self.text(input_ids, attention_mask))
+        with jax.named_scope("text"):
+            return _l2_normalize(self.text(input_ids, attention_mask))
 
 
 def load(cfg: ConfigDict, state_dict_or_path: dict[str, np.ndarray] | str | os.PathLike) -> CLIP:

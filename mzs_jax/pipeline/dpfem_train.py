@@ -18,6 +18,7 @@ import optax
 from mzs_jax.models import dpfem as dpfem_lib
 from mzs_jax.pipeline import postprocess
 from mzs_jax.train import defaults
+from mzs_jax.train.step import with_compute_dtype
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -59,9 +60,10 @@ class DPFEMTask:
             width=int(config.width),
             stem_stride=int(config.stem_stride),
         )
+        self.train_model_config = with_compute_dtype(self.model_config, config)
 
     def build_model(self, rngs):
-        return dpfem_lib.DPFEM(self.model_config, rngs=rngs)
+        return dpfem_lib.DPFEM(self.train_model_config, rngs=rngs)
 
     def train_dataset(self, config) -> grain.MapDataset:
         return grain.MapDataset.source(self.examples)

@@ -21,6 +21,7 @@ from mzs_jax.data.transforms import PairedAugment, resize_image, resize_mask
 from mzs_jax.models import resunet
 from mzs_jax.pipeline.evaluate import find_cases, load_array
 from mzs_jax.pipeline.metrics import dice, nanmean
+from mzs_jax.train.step import with_compute_dtype
 
 
 def load_image(path: pathlib.Path, in_channels: int) -> np.ndarray:
@@ -184,9 +185,10 @@ class WeakTask:
         )
         self.seed = int(config.seed)
         self.classes = list(range(1, int(d.num_classes)))
+        self.train_model_config = with_compute_dtype(self.model_config, config)
 
     def build_model(self, rngs: nnx.Rngs) -> resunet.ResUNet:
-        return resunet.ResUNet(self.model_config, rngs=rngs)
+        return resunet.ResUNet(self.train_model_config, rngs=rngs)
 
     def loss_fn(self, model, batch, rng):
         del rng  # no dropout; augmentation is on the host (grain random_map)

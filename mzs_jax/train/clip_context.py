@@ -99,12 +99,22 @@ class MetadataArrays:
         return out
 
 
-def fuse_batch(model, img, txt, context: dict) -> tuple:
-    """Encodes the history through `model.encode_text` and applies `model.context.fuse`.
+def encode_history(model, context: dict) -> dict:
+    """`{"history_emb": (B, E)}`: the metadata history through `model.encode_text` (gradients flow
+    into the text tower), or `{}` without a history field. Part of the towers' per-example work."""
+    if "history_ids" not in context:
+        return {}
+    return {"history_emb": model.encode_text(context["history_ids"], context["history_mask"])}
 
-    `context`: the batched `MetadataArrays` output (leading axis B); img/txt `(B, E)` unit.
-    """
-    meta = dict(context)
-    if "history_ids" in meta:
-        meta["history_emb"] = model.encode_text(meta.pop("history_ids"), meta.pop("history_mask"))
+
+def fuse_batch(model, img, txt, context: dict, outputs: dict | None = None) -> tuple:
+    """Applies `model.context.fuse` with the batched `MetadataArrays` output `context` (leading
+    axis B); img/txt `(B, E)` unit. The history embedding is taken from `outputs` (the towers'
+    outputs, `encode_history`) or encoded here."""
+    meta = {k: v for k, v in context.items() if k not in ("history_ids", "history_mask")}
+    history = (outputs or {}).get("history_emb")
+    if history is None:
+        history = encode_history(model, context).get("history_emb")
+    if history is not None:
+        meta["history_emb"] = history
     return model.context.fuse(img, txt, meta)

@@ -162,6 +162,38 @@ def eval_examples(
 # ------------------------------------------------------------------------------------ task
 
 
+def clip_embed(model, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The towers' per-example outputs: `img`, `txt` (B, E) unit L2, and with a context encoder
+    the metadata history through the text tower (`clip_context.encode_history`)."""
+    out = {
+        "img": model.encode_image(batch["image"]),
+        "txt": model.encode_text(batch["input_ids"], batch["attention_mask"]),
+    }
+    if getattr(model, "context", None) is not None:
+        if "context" not in batch:
+            raise ValueError(
+                "model.context.enabled=True but the batch has no 'context' metadata arrays"
+            )
+        out.update(clip_context.encode_history(model, batch["context"]))
+    return out
+
+
+def clip_objective(
+    model, outputs: dict[str, jax.Array], batch: dict[str, jax.Array], loss: Callable
+) -> tuple[jax.Array, dict]:
+    """`loss(img, txt, τ[, bias])` on the whole batch's tower outputs (after the context fusion);
+    the model's `logit_bias` (SigLIP, `model.logit_bias_init`) is passed if it has one."""
+    img, txt = outputs["img"], outputs["txt"]
+    if getattr(model, "context", None) is not None:
+        img, txt = clip_context.fuse_batch(model, img, txt, batch["context"], outputs)
+    scale = model.logit_scale[...].astype(jnp.float32)
+    temperature = jnp.exp(-scale)
+    if getattr(model, "logit_bias", None) is None:
+        return loss(img, txt, temperature), {"temperature": temperature}
+    bias = model.logit_bias[...].astype(jnp.float32)  # SigLIP: the loss learns the bias too
+    return loss(img, txt, temperature, bias), {"temperature": temperature, "logit_bias": bias}
+
+
 def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.Array, dict]:
     """The stage 1 objective: `loss(img, txt, τ[, bias])` on the two L2-normalised `(B, E)`
     embeddings; the model's `logit_bias` (SigLIP, `model.logit_bias_init`) is passed if it has one.
@@ -169,22 +201,9 @@ def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.A
     `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
     open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
     A model with a context encoder (`model.context.enabled`) needs `batch["context"]` (metadata
-    arrays, `clip_context.MetadataArrays`) and fuses it into both embeddings before the loss.
+    arrays, `clip_context.MetadataArrays`) and fuses it before the loss.
     """
-    img = model.encode_image(batch["image"])
-    txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
-    if getattr(model, "context", None) is not None:
-        if "context" not in batch:
-            raise ValueError(
-                "model.context.enabled=True but the batch has no 'context' metadata arrays"
-            )
-        img, txt = clip_context.fuse_batch(model, img, txt, batch["context"])
-    scale = model.logit_scale[...].astype(jnp.float32)
-    temperature = jnp.exp(-scale)
-    if getattr(model, "logit_bias", None) is None:
-        return loss(img, txt, temperature), {"temperature": temperature}
-    bias = model.logit_bias[...].astype(jnp.float32)  # SigLIP: the loss learns the bias too
-    return loss(img, txt, temperature, bias), {"temperature": temperature, "logit_bias": bias}
+    return clip_objective(model, clip_embed(model, batch), batch, loss)
 
 
 class ClipTask:
@@ -219,10 +238,18 @@ class ClipTask:
         lc = self.config.loss
         hp = losses.hparams_from_config(lc)
         if lc.global_batch and mesh.size > 1:
+            from mzs_jax.train.mesh import BATCH_AXES
+
             self._loss = losses.make_global_loss(
-                lc.name, mesh, axis="data", block_size=lc.block_size or None, **hp
+                lc.name,
+                mesh,
+                axis=BATCH_AXES,
+                form=lc.global_form,
+                block_size=lc.block_size or None,
+                **hp,
             )
-            where = f"global-batch form over mesh axis 'data' ({mesh.shape['data']} devices)"
+            n = math.prod(mesh.shape[a] for a in BATCH_AXES)
+            where = f"global-batch {lc.global_form} form over mesh axes {BATCH_AXES} ({n} devices)"
         else:
             self._loss = losses.loss_from_config(lc)
             where = "single-device dense form"
@@ -231,21 +258,44 @@ class ClipTask:
 
     def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
         from mzs_jax.models.clip import CLIP
+        from mzs_jax.train.step import with_compute_dtype
 
-        return CLIP(self.model_config, rngs=rngs)
+        # The matmuls run in config.compute_dtype; model_config.json keeps the architecture.
+        return CLIP(with_compute_dtype(self.model_config, self.config), rngs=rngs)
 
     def init_from(self, model) -> None:
-        if not self.config.init:
-            return
-        from mzs_jax.train import checkpoint as ckpt
+        """Imported tower weights; τ restarts at `temperature_init` unless
+        `keep_imported_temperature` (open_clip checkpoints end training at τ = 0.01)."""
+        if self.config.init:
+            from mzs_jax.train import checkpoint as ckpt
 
-        pretrained, _ = ckpt.restore_model(self.config.init)
-        nnx.update(model, nnx.state(pretrained))
+            pretrained, _ = ckpt.restore_model(self.config.init)
+            imported_scale = float(pretrained.logit_scale[...])
+            nnx.update(model, nnx.state(pretrained))
+            if not self.config.keep_imported_temperature:
+                model.logit_scale[...] = jnp.asarray(
+                    self.model_config.logit_scale_init, model.logit_scale[...].dtype
+                )
+            if jax.process_index() == 0:
+                print(
+                    f"[train-clip] initialised from {self.config.init} (imported τ = "
+                    f"{math.exp(-imported_scale):.4g})"
+                )
         if jax.process_index() == 0:
-            print(f"[train-clip] initialised from {self.config.init}")
+            print(f"[train-clip] starting temperature τ = {self.starting_temperature(model):.4g}")
+
+    @staticmethod
+    def starting_temperature(model) -> float:
+        return math.exp(-float(model.logit_scale[...]))
 
     def loss_fn(self, model, batch, rng):
         return clip_loss(model, batch, self._loss)
+
+    def embed(self, model, batch, rng):
+        return clip_embed(model, batch)
+
+    def batch_loss(self, model, outputs, batch):
+        return clip_objective(model, outputs, batch, self._loss)
 
     def train_dataset(self, config) -> grain.MapDataset:
         return _examples(

@@ -9,6 +9,7 @@ import math
 
 import ml_collections
 
+from mzs_jax import losses
 from mzs_jax.losses import default_config as losses_default_config
 
 
@@ -19,8 +20,13 @@ def train_config() -> ml_collections.ConfigDict:
     c.batch_size = 64  # global, over all processes and devices
     c.num_epochs = 10
     c.total_steps = -1  # > 0 overrides num_epochs
-    c.grad_accum = 1  # micro-batches per step (scan); batch_size must divide by it
-    c.compute_dtype = "float32"  # or "bfloat16": params cast for the forward, fp32 master copy
+    c.grad_accum = 1  # micro-batches per step; batch_size must divide by it
+    # "exact": a contrastive task's loss still sees the whole batch (GradCache, train/step.py);
+    # "independent": one loss per micro-batch (B/grad_accum negatives: a different objective).
+    c.accumulation = "exact"
+    # Matmul dtype of the model ("float32" | "bfloat16"); parameters stay float32 master copies
+    # and the loss reductions float32.
+    c.compute_dtype = "float32"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw | sgd
@@ -74,10 +80,18 @@ def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
     c.model_overrides = ml_collections.ConfigDict()  # merged into the model config
     c.init = ""  # "" = random init; a workdir to start from (e.g. made by `mzs import`)
     c.temperature_init = 0.07
+    # With `init`: keep the imported checkpoint's τ instead of restarting at temperature_init.
+    c.keep_imported_temperature = False
     c.clamp = (("logit_scale", 0.0, math.log(100.0)),)
 
-    c.loss = losses_default_config()  # name, betas, adaptive, global_batch, block_size (F2)
-    c.loss.name = loss  # infonce | dcl | hn_nce | dhn_nce | cehnc
+    c.loss = losses_default_config()  # name, betas, adaptive, global_batch, global_form, ...
+    c.loss.name = loss  # a name of mzs_jax.losses.LOSSES
+    # The initialisation a loss is defined with (SigLIP: τ = 0.1 and a learned logit bias -10).
+    entry = losses.registry.entry(loss)
+    if entry.temperature_init is not None:
+        c.temperature_init = entry.temperature_init
+    if entry.logit_bias_init is not None:
+        c.model_overrides.logit_bias_init = entry.logit_bias_init
 
     c.data.source = ""  # roco | medpix | phantom; "" = guessed from data.path
     c.data.path = "phantom:300"  # ROCO root, MedPix index file, or "phantom:N" (generated)

@@ -27,7 +27,7 @@ from mzs_jax.progress import Progress
 from . import checkpoint as ckpt
 from .input import steps_per_epoch, to_global, train_iterator
 from .mesh import batch_sharding, make_mesh, replicated, tree_shardings
-from .step import make_optimizer, make_schedule, make_train_step
+from .step import check_compute_dtype, make_optimizer, make_schedule, make_task_step
 from .task import Task
 
 __all__ = ["Task", "fit", "NonFiniteLossError"]
@@ -200,10 +200,12 @@ def fit(
         return {}
 
     sharding = batch_sharding(mesh)
-    step_fn = jax.jit(make_train_step(task.loss_fn, graphdef, tx, config), donate_argnums=0)
+    step_fn = jax.jit(make_task_step(task, graphdef, tx, config), donate_argnums=0)
     first = to_global(next(iterator), sharding)
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, first).compile()
+    lowered = step_fn.lower(state, first)
+    check_compute_dtype(lowered, config)
+    compiled = lowered.compile()
     _log(
         f"[{name}] compiled in {time.perf_counter() - t0:.1f}s; mesh {dict(mesh.shape)}; "
         f"memory per device: {compiled.memory_analysis()}"
