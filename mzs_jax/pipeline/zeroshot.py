@@ -320,6 +320,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             "case": c["id"],
             "class": n,
             "segmenter": seg_name,
+            "postprocess": refined.chain,
             "empty": refined.empty,
             "boxes": refined.boxes.tolist(),
             "note": getattr(seg, "last_note", ""),
@@ -428,6 +429,7 @@ def summarize(records: list[dict]) -> dict:
         "n": len(records),
         "n_empty": sum(bool(r["empty"]) for r in records),
         "segmenters": sorted({r["segmenter"] for r in records}),
+        "postprocess": sorted({r.get("postprocess", "") for r in records}),
         "per_class": per_class,
     }
 
