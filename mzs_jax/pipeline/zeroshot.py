@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from mzs_jax.data import transforms
-from mzs_jax.pipeline import dpfem_train, postprocess, saliency, segmenters
+from mzs_jax.pipeline import dpfem_train, m2ib, postprocess, saliency, segmenters
 from mzs_jax.pipeline.zeroshot_data import load_cases, write_volumes
 from mzs_jax.progress import Progress
 
@@ -53,12 +53,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.saliency = ml_collections.ConfigDict(
         {
             "backend": "jax",  # jax | torch (torch_bridge.cam on the exported weights)
-            "method": "gscorecam",  # gscorecam | gradcam | dense
+            "method": "gscorecam",  # gscorecam | gradcam | dense | m2ib
             "topk": 60,
             "layer": -1,
             "point": "norm1",
             "chunk": 32,
             "batch_size": 16,
+            "m2ib": m2ib.default_config(),  # method "m2ib" only (pipeline/m2ib.py)
         }
     )
     c.dpfem = dpfem_train.default_config()
@@ -111,6 +112,8 @@ def compute_saliency(model, model_cfg, images01, text, cfg, workdir) -> np.ndarr
     """Saliency `(B, S, S)` at the CLIP resolution with the configured backend and method."""
     s = cfg.saliency
     _, x = clip_inputs(images01, int(model_cfg.vision.image_size))
+    if s.method == "m2ib":
+        return m2ib.from_config(model, x, text, s, lambda: _torch_clip(model, model_cfg, workdir))
     kw = dict(layer=int(s.layer), point=s.point)
     if s.backend == "jax":
         out = [
