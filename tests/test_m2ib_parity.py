@@ -77,6 +77,22 @@ def test_maps_depend_on_the_seed_and_not_on_the_batch(tiny):
     assert np.abs(other - batch).max() > 1e-3
 
 
+def test_config_path_gives_both_backends_the_same_noise(tiny):
+    """`mzs segment`'s entry point: the torch backend gets the draw JAX makes from the seed;
+    `layer=-1` is the last block in both."""
+    from ml_collections import ConfigDict
+
+    cfg, jmodel, tmodel, images, text = tiny
+    m = m2ib.default_config()
+    m.layer, m.steps, m.samples = -1, 3, 2
+    sal = ConfigDict({"backend": "jax", "batch_size": 2, "m2ib": m})
+    maps_j = m2ib.from_config(jmodel, images, text, sal)
+    sal.backend = "torch"
+    maps_t = m2ib.from_config(jmodel, images, text, sal, lambda: tmodel)
+    assert maps_j.shape == maps_t.shape == (3, 64, 64)
+    np.testing.assert_allclose(maps_j, maps_t, atol=1e-4)
+
+
 def test_bad_layer_steps_and_noise_are_clear_errors(tiny):
     cfg, jmodel, _, images, text = tiny
     with pytest.raises(ValueError, match=r"saliency.m2ib.layer must be in \[-2, 2\)"):
