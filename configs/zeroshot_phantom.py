@@ -12,10 +12,8 @@ from the text (docs/zeroshot.md, "Which prompt does a phantom CLIP localise?"); 
 prompts are then its controls. E.g. `configs/zeroshot_phantom.py:cardiomegaly,dense`.
 """
 
-from mzs_jax.pipeline.saliency import METHODS as CAMS
+from mzs_jax.pipeline.zeroshot import SALIENCY_METHODS as METHODS
 from mzs_jax.pipeline.zeroshot import default_config
-
-METHODS = (*CAMS, "m2ib")
 
 
 def get_config(arg=None):

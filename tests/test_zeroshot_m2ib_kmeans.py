@@ -61,3 +61,11 @@ def test_segment_with_m2ib_and_kmeans(clip_workdir, tmp_path, monkeypatch, repo_
     expected = m2ib.m2ib(model, x, text[r["class"]][None], layer=0, steps=3, samples=2, seed=12)
     saved = np.load(out / "saliency" / f"{r['case']}_{r['class']}.npy")
     np.testing.assert_allclose(saved, np.asarray(expected)[0], atol=1e-5)
+
+
+def test_unknown_saliency_method_is_one_error_for_both_backends():
+    cfg = zeroshot.default_config()
+    for backend in ("jax", "torch"):
+        cfg.saliency.backend, cfg.saliency.method = backend, "scorecam"
+        with pytest.raises(ValueError, match="saliency.method must be one of .*'m2ib'"):
+            zeroshot.compute_saliency(None, None, [], None, cfg, None)

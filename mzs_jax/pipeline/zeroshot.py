@@ -22,6 +22,8 @@ from mzs_jax.pipeline import dpfem_train, m2ib, postprocess, saliency, segmenter
 from mzs_jax.pipeline.zeroshot_data import load_cases, write_volumes
 from mzs_jax.progress import Progress
 
+SALIENCY_METHODS = (*saliency.METHODS, "m2ib")
+
 
 def default_config() -> ml_collections.ConfigDict:
     """Keys of `configs/zeroshot_*.py`."""
@@ -111,6 +113,8 @@ def clip_inputs(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.nda
 def compute_saliency(model, model_cfg, images01, text, cfg, workdir) -> np.ndarray:
     """Saliency `(B, S, S)` at the CLIP resolution with the configured backend and method."""
     s = cfg.saliency
+    if s.method not in SALIENCY_METHODS:
+        raise ValueError(f"saliency.method must be one of {SALIENCY_METHODS}, got {s.method!r}")
     _, x = clip_inputs(images01, int(model_cfg.vision.image_size))
     if s.method == "m2ib":
         return m2ib.from_config(model, x, text, s, lambda: _torch_clip(model, model_cfg, workdir))
