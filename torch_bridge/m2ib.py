@@ -84,7 +84,7 @@ def m2ib(
     from torch_bridge.cam import _prepare
 
     x, t = _prepare(model, images, text)
-    noise = torch.as_tensor(np.asarray(noise, np.float32)).to(x.device)
+    noise = torch.from_numpy(np.array(noise, np.float32)).to(x.device)  # a writable copy
     was = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
