@@ -24,6 +24,8 @@ def _rows(method, values_by_seed, cls="1", auc=None):
                     "iou": v / (2 - v),
                     "dice": v,
                     "auc": float("nan") if auc is None else auc[i],
+                    "nsd": v,
+                    "hd95": 10 * (1 - v),
                     "pred_voxels": 1,
                     "gt_voxels": 1,
                     "note": "",

@@ -31,6 +31,9 @@ def metrics_csv(tmp_path):
                             "iou": d / (2 - d),
                             "dice": d,
                             "auc": a,
+                            "nsd": float(np.clip(d - 0.1, 0, 1)),
+                            "hd95": float(20 * (1 - d)),
+                            "nsd_tol": 2.0,
                             "pred_voxels": 10,
                             "gt_voxels": 10,
                             "note": "",
@@ -65,8 +68,9 @@ def test_every_table_number_traces_to_the_csv(metrics_csv, tmp_path):
         for metric, cell in zip(evaluate.METRICS, cells, strict=True):
             mean, std, mark = PM.fullmatch(cell).groups()
             s = summary[(method, dataset, "mean", metric)]
-            assert float(mean) == pytest.approx(100 * s["seed_mean"], abs=0.006)
-            assert float(std) == pytest.approx(100 * s["seed_std"], abs=0.006)
+            scale = report.metric_scale(metric, 100)  # HD95 stays in its unit
+            assert float(mean) == pytest.approx(scale * s["seed_mean"], abs=0.006)
+            assert float(std) == pytest.approx(scale * s["seed_std"], abs=0.006)
             if method == "resunet":
                 t = paired_ttest(rows, "resunet", "pseudo", metric, dataset=dataset, class_="mean")
                 assert mark == report.significance_mark(t.pvalue)
@@ -75,13 +79,28 @@ def test_every_table_number_traces_to_the_csv(metrics_csv, tmp_path):
         assert int(n) == t.n and float(p) == pytest.approx(t.pvalue, rel=1e-3)
     assert report._p(float("nan")) == "n/a"
     per_class = _table(md, "dataset | method | class")
-    assert len(per_class) == 2 * 2 * 3
+    assert len(per_class) == 2 * 2 * len(evaluate.METRICS)
     for dataset, method, cls, metric, n, n_nan, _, cell in per_class:
         s = summary[(method, dataset, cls, metric)]
         mean, std, _ = PM.fullmatch(cell).groups()
-        assert float(mean) == pytest.approx(100 * s["case_mean"], abs=0.006)
+        scale = report.metric_scale(metric, 100)
+        assert float(mean) == pytest.approx(scale * s["case_mean"], abs=0.006)
         assert int(n) == s["n_cases"] and int(n_nan) == s["n_nan"]
     assert "AUC" in md and int(per_class[2][5]) == 3  # auc NaN of case c0 in 3 seeds, counted
+    assert "NSD at tolerance 2 " in md and "HD95" in md
+
+
+def test_csv_without_surface_metrics_reads_them_as_not_measured(tmp_path):
+    """A CSV written before NSD/HD95 existed still reads; those metrics are NaN (n/a), counted."""
+    p = tmp_path / "old.csv"
+    p.write_text(
+        "method,dataset,seed,case,class,iou,dice,auc,pred_voxels,gt_voxels,note\n"
+        "m,d,0,c0,1,0.5,0.666667,nan,4,4,\n"
+    )
+    rows = evaluate.read_csv(p)
+    assert rows[0]["dice"] == pytest.approx(0.666667) and np.isnan(rows[0]["nsd"])
+    s = {r["metric"]: r for r in evaluate.summarize(rows)}
+    assert s["hd95"]["n_nan"] == 1 and np.isnan(s["hd95"]["case_mean"])
 
 
 def test_report_writes_html_box_plots_and_overlay_grid(metrics_csv, tmp_path):

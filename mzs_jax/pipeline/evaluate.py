@@ -1,4 +1,4 @@
-"""Segmentation metrics (IoU, Dice, AUC; paper Eqs. 10-12), per-case CSVs, summaries, statistics.
+"""Segmentation metrics (IoU, Dice, AUC: paper Eqs. 10-12; NSD, HD95), per-case CSVs, statistics.
 
 Implements the paper's evaluation protocol (Results, "validation metrics"): per case and per class,
 mean ± std across cases and across seeds, paired t-test between methods, McNemar for retrieval.
@@ -15,8 +15,16 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from mzs_jax.pipeline.metrics import auc, case_metrics, dice, iou, multiclass_case_metrics
+from mzs_jax.pipeline.metrics import (
+    NSD_TOLERANCE,
+    auc,
+    case_metrics,
+    dice,
+    iou,
+    multiclass_case_metrics,
+)
 from mzs_jax.pipeline.metrics import nanmean as _nanmean
+from mzs_jax.pipeline.spacing import case_spacing, parse_spacing
 from mzs_jax.pipeline.stats import TTest, mcnemar, paired_ttest
 
 __all__ = [
@@ -33,7 +41,10 @@ __all__ = [
     "write_csv",
 ]
 
-METRICS = ("iou", "dice", "auc")
+METRICS = ("iou", "dice", "auc", "nsd", "hd95")
+# Columns a CSV written before NSD/HD95 existed lacks; read (and written, when a row producer
+# does not compute them) as NaN, i.e. "not measured", counted as `n_nan` in summaries.
+SURFACE_FIELDS = ("nsd", "hd95", "nsd_tol")
 CSV_FIELDS = (
     "method",
     "dataset",
@@ -43,6 +54,9 @@ CSV_FIELDS = (
     "iou",
     "dice",
     "auc",
+    "nsd",
+    "hd95",
+    "nsd_tol",
     "pred_voxels",
     "gt_voxels",
     "note",
@@ -92,6 +106,7 @@ def write_csv(rows: Iterable[dict], path: str | pathlib.Path, *, append: bool = 
         if new:
             w.writeheader()
         for r in rows:
+            r = {k: float("nan") for k in SURFACE_FIELDS} | dict(r)
             w.writerow(
                 {k: (f"{r[k]:.6f}" if isinstance(r[k], float) else r[k]) for k in CSV_FIELDS}
             )
@@ -104,14 +119,14 @@ def read_csv(path: str | pathlib.Path) -> list[dict]:
         raise FileNotFoundError(f"metrics CSV not found: {path}")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = set(CSV_FIELDS) - set(reader.fieldnames or ())
+        missing = set(CSV_FIELDS) - set(SURFACE_FIELDS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         rows = list(reader)
     for i, r in enumerate(rows):
         try:
             for k in METRICS:
-                r[k] = float(r[k])
+                r[k] = float(r[k] if k not in SURFACE_FIELDS else (r.get(k) or "nan"))
         except ValueError as e:
             raise ValueError(f"{path}: row {i + 2}: {e}") from e
     return rows
@@ -126,7 +141,7 @@ def with_class_mean(rows: list[dict]) -> list[dict]:
             groups[(r["method"], r["dataset"], r["seed"], r["case"])].append(r)
     out = [r for r in rows if r["class"] != CLASS_MEAN]
     for (m, d, s, c), rs in groups.items():
-        mean = {k: _nanmean([r[k] for r in rs]) for k in METRICS}
+        mean = {k: _nanmean([r.get(k, float("nan")) for r in rs]) for k in METRICS}
         out.append(
             {
                 "method": m,
@@ -135,6 +150,7 @@ def with_class_mean(rows: list[dict]) -> list[dict]:
                 "case": c,
                 "class": CLASS_MEAN,
                 **mean,
+                "nsd_tol": rs[0].get("nsd_tol", ""),
                 "pred_voxels": "",
                 "gt_voxels": "",
                 "note": "",
@@ -185,8 +201,9 @@ def summarize(rows: list[dict]) -> list[dict]:
             per_case: dict[str, list[float]] = defaultdict(list)
             per_seed: dict[str, list[float]] = defaultdict(list)
             for r in rs:
-                per_case[r["case"]].append(r[k])
-                per_seed[r["seed"]].append(r[k])
+                v = r.get(k, float("nan"))  # rows made without NSD/HD95: not measured
+                per_case[r["case"]].append(v)
+                per_seed[r["seed"]].append(v)
             case_vals = np.array([_nanmean(v) for v in per_case.values()])
             seed_vals = np.array([_nanmean(v) for v in per_seed.values()])
             case_vals, seed_vals = case_vals[~np.isnan(case_vals)], seed_vals[~np.isnan(seed_vals)]
@@ -198,7 +215,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "metric": k,
                     "n_cases": len(per_case),
                     "n_seeds": len(per_seed),
-                    "n_nan": int(sum(math.isnan(r[k]) for r in rs)),
+                    "n_nan": int(sum(math.isnan(r.get(k, float("nan"))) for r in rs)),
                     "n_both_empty": both_empty,
                     "case_mean": float(case_vals.mean()) if case_vals.size else float("nan"),
                     "case_std": _std(case_vals) if case_vals.size else float("nan"),
@@ -303,11 +320,15 @@ def evaluate_dirs(
     seed: int | str = 0,
     classes: Sequence[int] | None = None,
     class_names: dict[int, str] | None = None,
+    tolerance: float = NSD_TOLERANCE,
+    spacing: Sequence[float] | None = None,
 ) -> list[dict]:
     """Per-case, per-class rows for every prediction in `pred_dir` against `gt_dir/<id>.*`.
 
     One file is one case: a 2D image (slice-wise datasets) or a 3D volume (volume-wise ACDC /
     Synapse). `classes` defaults to the sorted non-zero labels found in the ground truth.
+    NSD (at `tolerance`) and HD95 are in mm with NIfTI spacing (`case_spacing`), in pixels
+    otherwise; `spacing` overrides the files' (e.g. for .npy volumes).
     """
     from mzs_jax.progress import Progress
 
@@ -324,7 +345,10 @@ def evaluate_dirs(
         soft_path = _soft_map_path(ppath)
         soft = None if soft_path is None else load_array(soft_path, labels=False)
         try:
-            per_class = multiclass_case_metrics(pred, gt_arrays[cid], classes, soft)
+            sp = case_spacing(ppath, gts[cid], spacing)
+            per_class = multiclass_case_metrics(
+                pred, gt_arrays[cid], classes, soft, spacing=sp, tolerance=tolerance
+            )
         except ValueError as e:
             raise ValueError(f"case {cid} ({ppath} vs {gts[cid]}): {e}") from e
         rows += make_rows(
@@ -373,6 +397,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", default="0", help="seed / run id written in the CSV")
     parser.add_argument("--classes", help='"1,2,3" or "1=RV,2=MYO,3=LV" (default: GT labels)')
     parser.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=NSD_TOLERANCE,
+        help="NSD tolerance in mm (NIfTI spacing) or pixels (PNG/.npy); default %(default)s",
+    )
+    parser.add_argument(
+        "--spacing",
+        help='voxel size per array axis for NSD/HD95, e.g. "1.5,0.7,0.7" (default: NIfTI header)',
+    )
+    parser.add_argument(
         "--compare",
         nargs=2,
         metavar=("A", "B"),
@@ -397,6 +431,8 @@ def run(args) -> int:
             seed=args.seed,
             classes=classes,
             class_names=names,
+            tolerance=args.nsd_tolerance,
+            spacing=parse_spacing(args.spacing),
         )
         write_csv(rows, out, append=args.append)
         print(f"wrote {len(rows)} rows to {out}")
@@ -406,7 +442,7 @@ def run(args) -> int:
     write_summary(summary, summary_path)
     for s in summary:
         print(
-            f"{s['method']:>16} {s['dataset']:>10} {s['class']:>8} {s['metric']:>4}: "
+            f"{s['method']:>16} {s['dataset']:>10} {s['class']:>8} {s['metric']:>5}: "
             f"cases {s['case_mean']:.4f} ± {s['case_std']:.4f} (n={s['n_cases']}, "
             f"NaN {s['n_nan']})  seeds {s['seed_mean']:.4f} ± {s['seed_std']:.4f} "
             f"(n={s['n_seeds']})"

@@ -1,7 +1,8 @@
-"""Saliency → box post-processing (paper, "Zero-shot segmentation…", steps (1)–(5)).
+"""Saliency → box post-processing (paper, "Zero-shot segmentation…", steps (1)–(5)), or KMeans.
 
-Dense CRF (pydensecrf) on the saliency probability → min–max → threshold 0.5 → 3×3 closing →
-tightest box(es). Boxes are half-open pixel boxes `(x0, y0, x1, y1)`, the XYXY form SAM takes.
+`method="crf"`: dense CRF → min–max → threshold 0.5 → 3×3 closing; `method="kmeans"`
+(MedCLIP-SAMv2): KMeans(2) on the intensities → largest component. Then tightest box(es):
+half-open pixel boxes `(x0, y0, x1, y1)`, the XYXY form SAM takes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import dataclasses
 import cv2
 import numpy as np
 from ml_collections import ConfigDict
+from scipy import ndimage
 
 _EPS = 1e-6
+METHODS = ("crf", "kmeans")
 
 
 # MedCLIP-SAMv2's postprocess_saliency_maps.py values (reference §4.1): one mean-field iteration,
@@ -32,6 +35,11 @@ def default_config() -> ConfigDict:
     """Post-processing hyperparameters (`config.postprocess` in `configs/zeroshot_*.py`)."""
     return ConfigDict(
         {
+            # "crf": the paper's chain ([CRF if crf.enabled] → min–max → threshold → closing);
+            # "kmeans": MedCLIP-SAMv2's (KMeans(2) on the map → the largest `components`
+            # connected components; crf / threshold / closing_kernel are not used).
+            "method": "crf",
+            "kmeans": {"seed": 10, "components": 1},
             "crf": {"enabled": True, **CRF_DEFAULTS},
             # A map whose range is below this counts as constant and is not stretched by min–max.
             "min_range": 1e-3,
@@ -127,6 +135,47 @@ def binarize(prob: np.ndarray, threshold: float = 0.5, closing_kernel: int = 3) 
     return m.astype(bool)
 
 
+def largest_components(mask: np.ndarray, n: int = 1) -> np.ndarray:
+    """The `n` largest 8-connected components of a bool mask `(H, W)` (equal areas: the
+    component found first in raster order wins), as a bool mask."""
+    if n < 1:
+        raise ValueError(f"postprocess.kmeans.components must be ≥ 1, got {n}")
+    labels, count = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3), int))
+    if count <= n:
+        return labels > 0
+    areas = np.bincount(labels.ravel())[1:]
+    keep = 1 + np.argsort(-areas, kind="stable")[:n]
+    return np.isin(labels, keep)
+
+
+def kmeans_mask(
+    prob: np.ndarray,
+    *,
+    seed: int = 10,
+    components: int = 1,
+    min_range: float = 1e-3,
+) -> np.ndarray:
+    """MedCLIP-SAMv2's coarse mask: scikit-learn `KMeans(2)` on the pixel intensities of a map
+    `(H, W)` in [0, 1] (k-means++, 10 initialisations, `random_state=seed`), foreground = the
+    cluster with the higher centre, then the `components` largest connected components.
+
+    A map whose range is below `min_range` has no two clusters: its foreground is where it
+    exceeds 0.5 (an all-ones map is all foreground, an all-zeros map empty), as the CRF chain.
+    """
+    from sklearn.cluster import KMeans
+
+    p = np.asarray(prob, np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"saliency must be (H, W); got shape {p.shape}")
+    if float(p.max() - p.min()) < min_range:
+        fg = p > 0.5
+    else:
+        km = KMeans(n_clusters=2, init="k-means++", n_init=10, random_state=int(seed))
+        labels = km.fit_predict(p.reshape(-1, 1))
+        fg = (labels == int(np.argmax(km.cluster_centers_[:, 0]))).reshape(p.shape)
+    return largest_components(fg, int(components)) if fg.any() else fg
+
+
 def tightest_box(
     mask: np.ndarray, *, mode: str = "union", min_area_fraction: float = 0.0
 ) -> np.ndarray:
@@ -181,13 +230,15 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class Refined:
-    """Output of `refine`: `prob` (H, W) in [0, 1] after CRF + min–max, `mask` (H, W) bool after
-    threshold + closing, `boxes` (K, 4); `empty` is True when no box was found (the stage then
-    writes an empty mask and reports it)."""
+    """Output of `refine`: `prob` (H, W) in [0, 1] (after CRF + min–max, or the min–maxed map
+    for KMeans), `mask` (H, W) bool (threshold + closing, or KMeans + components), `boxes`
+    (K, 4), `chain` (which post-processing ran, e.g. "crf>threshold>closing"); `empty` is True
+    when no box was found (the stage then writes an empty mask and reports it)."""
 
     prob: np.ndarray
     mask: np.ndarray
     boxes: np.ndarray
+    chain: str = ""
 
     @property
     def empty(self) -> bool:
@@ -195,16 +246,31 @@ class Refined:
 
 
 def refine(image: np.ndarray, saliency: np.ndarray, cfg: ConfigDict | None = None) -> Refined:
-    """Paper order on one `(H, W)` saliency: [CRF] → min–max → threshold → closing → box(es).
+    """One `(H, W)` saliency → coarse mask → box(es), per `cfg.method`:
 
-    The CRF's unary needs a probability, so the map is min–maxed before it as well. A CRF
-    marginal whose range is below `min_range` counts as constant and is not stretched (that would
-    turn round-off of an all-zeros map into foreground).
+    "crf" (paper order): [CRF] → min–max → threshold → closing. The CRF's unary needs a
+    probability, so the map is min–maxed before it as well. A CRF marginal whose range is below
+    `min_range` counts as constant and is not stretched (that would turn round-off of an
+    all-zeros map into foreground).
+    "kmeans" (MedCLIP-SAMv2): min–max → `kmeans_mask` (KMeans(2) → largest components).
+    The box step (`box_mode`, `min_area_fraction`) is the same for both.
     """
     cfg = cfg if cfg is not None else default_config()
+    method = cfg.get("method", "crf")
+    if method not in METHODS:
+        raise ValueError(f"postprocess.method must be one of {METHODS}, got {method!r}")
     prob = minmax(saliency)
-    if cfg.crf.enabled:
-        prob = minmax(dense_crf(image, prob, **cfg.crf.to_dict()), cfg.min_range)
-    mask = binarize(prob, cfg.threshold, cfg.closing_kernel)
+    if method == "kmeans":
+        k = cfg.kmeans
+        mask = kmeans_mask(
+            prob, seed=int(k.seed), components=int(k.components), min_range=cfg.min_range
+        )
+        chain = f"kmeans>largest{int(k.components)}"
+    else:
+        chain = "threshold>closing"
+        if cfg.crf.enabled:
+            prob = minmax(dense_crf(image, prob, **cfg.crf.to_dict()), cfg.min_range)
+            chain = "crf>" + chain
+        mask = binarize(prob, cfg.threshold, cfg.closing_kernel)
     boxes = tightest_box(mask, mode=cfg.box_mode, min_area_fraction=cfg.min_area_fraction)
-    return Refined(prob=prob, mask=mask, boxes=boxes)
+    return Refined(prob=prob, mask=mask, boxes=boxes, chain=chain)

@@ -19,7 +19,20 @@ from mzs_jax.pipeline.stats import paired_ttest
 # A report is a list of blocks: ("h", level, text) | ("p", text) | ("table", header, rows)
 # | ("img", relative_path, alt). Markdown and HTML are both rendered from it.
 Block = tuple
-METRIC_NAMES = {"iou": "IoU", "dice": "DSC", "auc": "AUC"}
+METRIC_NAMES = {"iou": "IoU", "dice": "DSC", "auc": "AUC", "nsd": "NSD", "hd95": "HD95"}
+# Metrics reported in their own unit (mm with NIfTI spacing, else pixels), never ×100.
+DISTANCE_METRICS = ("hd95",)
+
+
+def metric_scale(metric: str, scale: float) -> float:
+    """The table's ×`scale` for ratio metrics; 1 for distances (HD95)."""
+    return 1.0 if metric in DISTANCE_METRICS else scale
+
+
+def nsd_tolerances(rows: list[dict]) -> str:
+    """The NSD tolerances recorded in the rows, e.g. "2" or "1, 2" ("n/a" when none)."""
+    tols = sorted({float(r["nsd_tol"]) for r in rows if r.get("nsd_tol") not in (None, "")})
+    return ", ".join(f"{t:g}" for t in tols if t == t) or "n/a"
 
 
 def significance_mark(p: float) -> str:
@@ -71,11 +84,13 @@ def metrics_table(
                 t = paired_ttest(rows, method, reference, metric, dataset=dataset, class_=class_)
                 mark = significance_mark(t.pvalue)
                 pvals.append([dataset, method, reference, metric, str(t.n), _p(t.pvalue)])
-            cells.append(_pm(mean, std, scale) + mark)
+            cells.append(_pm(mean, std, metric_scale(metric, scale)) + mark)
         body.append(cells)
     caption = (
-        f"Class `{class_}`; values ×{scale:g}; mean ± sample std across "
-        f"{' / '.join(sorted(spreads)) or 'cases'}; NaN (undefined AUC) excluded."
+        f"Class `{class_}`; values ×{scale:g} except HD95 (mm with NIfTI spacing, else pixels); "
+        f"NSD at tolerance {nsd_tolerances(rows)} (same units); mean ± sample std across "
+        f"{' / '.join(sorted(spreads)) or 'cases'}; NaN (undefined AUC, metrics not measured) "
+        "excluded."
     )
     if reference:
         caption += f" Marks: paired t-test vs `{reference}` (* p<0.05, ** p<0.01)."
@@ -314,7 +329,7 @@ def write_report(
                     str(s["n_cases"]),
                     str(s["n_nan"]),
                     str(s["n_both_empty"]),
-                    _pm(s["case_mean"], s["case_std"], 100),
+                    _pm(s["case_mean"], s["case_std"], metric_scale(s["metric"], 100)),
                 ]
                 for s in summary
             ],

@@ -18,9 +18,11 @@ import numpy as np
 from PIL import Image
 
 from mzs_jax.data import transforms
-from mzs_jax.pipeline import dpfem_train, postprocess, saliency, segmenters
+from mzs_jax.pipeline import dpfem_train, m2ib, postprocess, saliency, segmenters
 from mzs_jax.pipeline.zeroshot_data import load_cases, write_volumes
 from mzs_jax.progress import Progress
+
+SALIENCY_METHODS = (*saliency.METHODS, "m2ib")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -53,12 +55,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.saliency = ml_collections.ConfigDict(
         {
             "backend": "jax",  # jax | torch (torch_bridge.cam on the exported weights)
-            "method": "gscorecam",  # gscorecam | gradcam | dense
+            "method": "gscorecam",  # gscorecam | gradcam | dense | m2ib
             "topk": 60,
             "layer": -1,
             "point": "norm1",
             "chunk": 32,
             "batch_size": 16,
+            "m2ib": m2ib.default_config(),  # method "m2ib" only (pipeline/m2ib.py)
         }
     )
     c.dpfem = dpfem_train.default_config()
@@ -110,7 +113,11 @@ def clip_inputs(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.nda
 def compute_saliency(model, model_cfg, images01, text, cfg, workdir) -> np.ndarray:
     """Saliency `(B, S, S)` at the CLIP resolution with the configured backend and method."""
     s = cfg.saliency
+    if s.method not in SALIENCY_METHODS:
+        raise ValueError(f"saliency.method must be one of {SALIENCY_METHODS}, got {s.method!r}")
     _, x = clip_inputs(images01, int(model_cfg.vision.image_size))
+    if s.method == "m2ib":
+        return m2ib.from_config(model, x, text, s, lambda: _torch_clip(model, model_cfg, workdir))
     kw = dict(layer=int(s.layer), point=s.point)
     if s.backend == "jax":
         out = [
@@ -320,6 +327,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             "case": c["id"],
             "class": n,
             "segmenter": seg_name,
+            "postprocess": refined.chain,
             "empty": refined.empty,
             "boxes": refined.boxes.tolist(),
             "note": getattr(seg, "last_note", ""),
@@ -428,6 +436,7 @@ def summarize(records: list[dict]) -> dict:
         "n": len(records),
         "n_empty": sum(bool(r["empty"]) for r in records),
         "segmenters": sorted({r["segmenter"] for r in records}),
+        "postprocess": sorted({r.get("postprocess", "") for r in records}),
         "per_class": per_class,
     }
 
