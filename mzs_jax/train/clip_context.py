@@ -99,12 +99,16 @@ class MetadataArrays:
         return out
 
 
-def fuse_batch(model, img, txt, context: dict) -> tuple:
-    """Encodes the history through `model.encode_text` and applies `model.context.fuse`.
-
-    `context`: the batched `MetadataArrays` output (leading axis B); img/txt `(B, E)` unit.
-    """
+def encoded_metadata(model, context: dict) -> dict:
+    """The batched `MetadataArrays` output with the history encoded by `model.encode_text`."""
     meta = dict(context)
     if "history_ids" in meta:
         meta["history_emb"] = model.encode_text(meta.pop("history_ids"), meta.pop("history_mask"))
-    return model.context.fuse(img, txt, meta)
+    return meta
+
+
+def fuse_batch(model, img, txt, context: dict) -> tuple:
+    """`model.context.fuse` on `(B, E)` unit img/txt: the image side is returned unchanged, the
+    text side gets the context (docs/losses.md, "Context encoder"). `context`: the batched
+    `MetadataArrays` output (leading axis B)."""
+    return model.context.fuse(img, txt, encoded_metadata(model, context))

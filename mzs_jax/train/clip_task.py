@@ -150,13 +150,15 @@ def eval_examples(
     workdir=None,
     seed: int = 0,
     limit: int = 0,
+    context: bool = False,
 ) -> grain.MapDataset:
-    """Processed evaluation pairs for `mzs eval-retrieval` and the per-epoch validation."""
+    """Processed evaluation pairs for `mzs eval-retrieval` and the per-epoch validation; with
+    `context` (and `model_config.context.enabled`) each carries its `"context"` arrays."""
     src = caption_source(path, source, split, seed=seed)
     tok = resolve_tokenizer(
         tokenizer, None if tokenizer else workdir, model_config.text.context_length
     )
-    return _examples(src, tok, model_config, limit)
+    return _examples(src, tok, model_config, limit, context=context)
 
 
 # ------------------------------------------------------------------------------------ task
@@ -168,7 +170,7 @@ def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.A
     `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
     open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
     A model with a context encoder (`model.context.enabled`) needs `batch["context"]` (metadata
-    arrays, `clip_context.MetadataArrays`) and fuses it into both embeddings before the loss.
+    arrays, `clip_context.MetadataArrays`) and fuses it into the text embedding before the loss.
     """
     img = model.encode_image(batch["image"])
     txt = model.encode_text(batch["input_ids"], batch["attention_mask"])
