@@ -73,23 +73,32 @@ def _chunks(n: int, batch: int, seed: int) -> list[np.ndarray]:
 
 
 def query_scores(
-    img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0
+    img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0, chunks=None
 ) -> dict[str, np.ndarray]:
     """Per-query expected hits `(M,)` float under the ROCO protocol (`_chunks`); query j is the
-    j-th pair of the shuffled order."""
+    j-th pair of the shuffled order. `chunks` (a list of index arrays) replaces the shuffled
+    batches, e.g. the 64-pair blocks of `phantom-hard`."""
     img, txt = _check_pairs(img, txt)
-    per = [_hits(img[c], txt[c]) for c in _chunks(len(img), batch, seed)]
+    chunks = _chunks(len(img), batch, seed) if chunks is None else chunks
+    per = [_hits(img[c], txt[c]) for c in chunks]
     return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
 
 
 def query_hits(
-    img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0, tie_seed: int = 0
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    batch: int = 50,
+    seed: int = 0,
+    tie_seed: int = 0,
+    chunks=None,
 ) -> dict[str, np.ndarray]:
     """Per-query bool hits `(M,)` in the order of `query_scores`, exact ties broken by a draw
     seeded with `(tie_seed, seed)`, so two models' hits pair up (McNemar) and reruns agree."""
     img, txt = _check_pairs(img, txt)
     rng = np.random.default_rng([tie_seed, seed])
-    per = [_hits(img[c], txt[c], rng) for c in _chunks(len(img), batch, seed)]
+    chunks = _chunks(len(img), batch, seed) if chunks is None else chunks
+    per = [_hits(img[c], txt[c], rng) for c in chunks]
     return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
 
 
@@ -229,11 +238,13 @@ def write_tables(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", required=True, help="caption data: a ROCO root, a MedPix index, or 'phantom:N'"
+        "--data",
+        required=True,
+        help="caption data: a ROCO root, a MedPix index, 'phantom:N' or 'phantom-hard:N'",
     )
     parser.add_argument(
         "--source",
-        choices=("roco", "medpix", "phantom"),
+        choices=("roco", "medpix", "phantom", "phantom-hard"),
         default=None,
         help="data kind (default: phantom for 'phantom:N', roco for a folder, medpix for a file)",
     )
