@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 
+from mzs_jax.data.phantom_hard import BLOCK
 from mzs_jax.pipeline.retrieval import METRICS
 from mzs_jax.pipeline.stats import mcnemar, mean_ci, paired_ttest
 
@@ -100,6 +101,8 @@ def plot(result: dict, stats: dict, out_png: pathlib.Path) -> pathlib.Path:
         cis = [100 * np.nan_to_num(stats[k][m]["ci"]) for k in losses]
         ax.bar(range(len(losses)), means, yerr=cis, capsize=3, color="tab:blue")
         ax.axhline(100 * np.mean(result["pretrained"]["scores"][m]), ls="--", c="k", label=PRE)
+        k = int(m[-1])  # top-k
+        ax.axhline(100 * k / BLOCK, ls=":", c="tab:red", label=f"chance (k/{BLOCK})")
         ax.set_xticks(range(len(losses)), losses, rotation=45, ha="right", fontsize=8)
         ax.set_title(m, fontsize=9)
     axes[0].set_ylabel("% (mean ± 95 % CI over seeds)")
@@ -161,10 +164,11 @@ def blocks(result: dict, cfg, stats: dict, png_name: str) -> list[tuple]:
         f"Pre-trained model: {result['init']}. Data: `phantom-hard` chest X-ray captions, six "
         f"binary attributes drawn in the image and named in the caption (side, zone, size, count, "
         f"finding, heart); {result['n_train']} training pairs, {result['n_val']} held-out pairs "
-        f"in blocks of 64 (every attribute combination once; "
+        f"in blocks of {BLOCK} (every attribute combination once; "
         f"{result['val_one_attribute_pairs']} held-out pairs differ in exactly one attribute). "
-        f"Retrieval batch = one block (chance top-1 {100 / 64:.2f} %, top-2 {200 / 64:.2f} %), "
-        f"ties broken at random. Fine-tuning per loss and seed {seeds}: {cfg.steps} steps, "
+        f"Retrieval batch = one block (chance top-1 {100 / BLOCK:.2f} %, top-2 "
+        f"{200 / BLOCK:.2f} %), ties broken at random. Fine-tuning per loss and seed {seeds}: "
+        f"{cfg.steps} steps, "
         f"batch {cfg.batch_size} (part of one block), AdamW lr {cfg.lr} (warm-up "
         f"{cfg.warmup_steps} steps, then constant), every loss with its `config.loss` defaults."
     )
