@@ -10,7 +10,7 @@ import numpy as np
 
 from mzs_jax.data.phantom_hard import BLOCK
 from mzs_jax.pipeline.retrieval import METRICS
-from mzs_jax.pipeline.stats import mcnemar, mean_ci, paired_ttest
+from mzs_jax.pipeline.stats import mcnemar, mean_ci, paired_ttest, paired_values
 
 PRE = "pre-trained"
 BASE = "infonce"
@@ -48,11 +48,15 @@ def _pooled_hits(result: dict, name: str, metric: str, seeds: list[int]) -> np.n
 
 def compare(result: dict, a: str, b: str, metric: str) -> dict:
     """a vs b on `metric`: mean difference, paired t-test across seeds, McNemar on the queries
-    pooled over the seeds (query j of seed s pairs with query j of seed s)."""
+    pooled over the seeds (query j of seed s pairs with query j of seed s). The t-test is
+    undefined (p NaN, shown as such) when the difference is the same on every seed."""
     seeds = sorted(result["runs"][a])
-    t = paired_ttest(_rows(result, metric), a, b, metric, dataset="hard")
+    rows = _rows(result, metric)
+    t = paired_ttest(rows, a, b, metric, dataset="hard")
+    diffs = np.subtract(*paired_values(rows, a, b, metric, dataset="hard"))
+    t_p = t.pvalue if np.ptp(diffs) > 0 else float("nan")
     m = mcnemar(_pooled_hits(result, a, metric, seeds), _pooled_hits(result, b, metric, seeds))
-    return {"diff": t.mean_a - t.mean_b, "t_p": t.pvalue, "mcnemar_p": m.pvalue, "b": m.b, "c": m.c}
+    return {"diff": t.mean_a - t.mean_b, "t_p": t_p, "mcnemar_p": m.pvalue, "b": m.b, "c": m.c}
 
 
 def beats(c: dict) -> bool:
@@ -84,7 +88,7 @@ def _pct(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    return "n/a" if not np.isfinite(p) else f"{p:.2g}"
+    return "undefined" if not np.isfinite(p) else f"{p:.2g}"
 
 
 def plot(result: dict, stats: dict, out_png: pathlib.Path) -> pathlib.Path:
@@ -174,7 +178,8 @@ def blocks(result: dict, cfg, stats: dict, png_name: str) -> list[tuple]:
     )
     tests = (
         "Δ in percentage points. t-test: paired over training seeds (vs the deterministic "
-        "pre-trained model it is a one-sample t-test of the gains); McNemar: per-query hits "
+        "pre-trained model it is a one-sample t-test of the gains; 'undefined' when Δ is the "
+        "same on every seed); McNemar: per-query hits "
         f"pooled over the {len(seeds)} seeds, ties broken by a seeded draw. 'beats' = higher and "
         "p < 0.05 in both."
     )
