@@ -1,7 +1,7 @@
 """`mzs demo`: the whole method on phantoms, offline (stage 1 → 2 → 3 → report; docs/demo.md).
 
 Run:  mzs demo                      # full: about 6-9 minutes on 2 CPU cores
-      mzs demo --quick              # smoke run: under 2 minutes, every report section filled
+      mzs demo --quick              # smoke run: about 3 minutes, every report section filled
       mzs demo --config configs/demo.py:quick --config.weak.seeds="(0, 1)"
 `get_config("full" | "quick")`; `mzs demo --quick` is `get_config("quick")`.
 """

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run (< 2 min on 2 cores): fewer samples and steps",
+        help="smoke run (about 3 min on 2 cores): fewer samples and steps",
     )
     parser.add_argument(
         "--sam-checkpoint",
