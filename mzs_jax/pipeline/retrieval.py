@@ -330,7 +330,9 @@ def run(args) -> int:
             )
         )
     out = args.out or pathlib.Path(args.workdir) / "retrieval"
-    text = write_tables(rows, out, seeds=args.seeds, batch=args.batch, notes="\n\n".join(notes))
+    text = write_tables(
+        rows, out, seeds=args.seeds, batch=args.batch, notes="\n\n".join(notes).rstrip("\n") + "\n"
+    )
     print(text, end="")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} ({len(img)} pairs)")
     return 0
