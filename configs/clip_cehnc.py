@@ -1,5 +1,6 @@
 """Stage 1: BiomedCLIP contrastive fine-tuning with the cehnc loss (paper §3.1, Table 1), with the
-clinical-metadata context encoder fused into both embeddings (`model.context`, models/context.py).
+clinical-metadata context encoder fused into the text embedding
+(`model.context`, models/context.py).
 
 Run:  mzs train-clip --config configs/clip_cehnc.py --workdir runs/clip_cehnc \
           --config.data.path=/data/roco --config.init=runs/biomedclip_imported

@@ -1,7 +1,7 @@
 """`mzs demo`: the whole method on phantoms, offline (stage 1 → 2 → 3 → report; docs/demo.md).
 
 Run:  mzs demo                      # full: about 6-9 minutes on 2 CPU cores
-      mzs demo --quick              # smoke run: under 2 minutes, every report section filled
+      mzs demo --quick              # smoke run: about 3 minutes, every report section filled
       mzs demo --config configs/demo.py:quick --config.weak.seeds="(0, 1)"
 `get_config("full" | "quick")`; `mzs demo --quick` is `get_config("quick")`.
 """
@@ -35,6 +35,15 @@ def get_config(arg=None):
     c.clip.eval_batch = 50  # ROCO protocol: batches of 50
     c.clip.eval_seeds = 5
     c.clip.vocab_size = 1024
+    # Hard-negative loss benchmark (mzs_jax/pipeline/loss_quality.py; `mzs bench --only
+    # loss_quality` runs it at full size): phantom-hard captions, 64-pair blocks, each loss
+    # fine-tuned from the shipped phantom CLIP for every seed.
+    h = c.clip.hard = ml_collections.ConfigDict()
+    h.seeds = (0, 1) if quick else (0, 1, 2)
+    h.train_blocks = 2 if quick else 8
+    h.val_blocks = 2 if quick else 4
+    h.steps = 10 if quick else 120
+    h.warmup_steps = 2 if quick else 20
 
     # Stage 2: zero-shot on chest X-ray phantoms with cardiomegaly, target = the enlarged heart:
     # the finding the phantom CLIP recognises (docs/zeroshot.md, "Which prompt does a phantom CLIP

@@ -19,7 +19,7 @@ OWNED = ("data", "tokenizer", "clip", "zeroshot", "weak", "eval", "report", "tim
 WEIGHTS = {
     "data": 2,
     "pretrain": 30,
-    "finetune": 30,
+    "finetune": 60,
     "export": 4,
     "zeroshot": 14,
     "weak": 16,
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run (< 2 min on 2 cores): fewer samples and steps",
+        help="smoke run (about 3 min on 2 cores): fewer samples and steps",
     )
     parser.add_argument(
         "--sam-checkpoint",
@@ -157,18 +157,22 @@ def run(args) -> int:
         facts["clip_init"] = demo_clip.import_shipped(shipped, pre)
         pre_ret = demo_clip.retrieval(dc, pre, tok)
     retrieval = {"pre-trained (no fine-tuning)": pre_ret}
-    st.done(i2t_top1=retrieval["pre-trained (no fine-tuning)"]["i2t_top1"][0])
+    st.done(i2t_top1=pre_ret["summary"]["i2t_top1"][0])
 
-    st.start("finetune", f"fine-tune with {', '.join(dc.clip.losses)}")
+    st.start(
+        "finetune",
+        f"fine-tune with {', '.join(dc.clip.losses)}, then the hard-negative loss benchmark",
+    )
     for loss in dc.clip.losses:
         cfg = demo_clip.run_config(dc, loss, dc.clip.finetune_steps, dc.clip.finetune_lr, tok, pre)
         retrieval[loss] = demo_clip.train(dc, cfg, w / "clip" / loss, f"finetune {loss}")
+        r = retrieval[loss]["summary"]
         print(
-            f"[demo] {loss}: i2t_top1={retrieval[loss]['i2t_top1'][0]:.3f} "
-            f"t2i_top1={retrieval[loss]['t2i_top1'][0]:.3f}",
+            f"[demo] {loss}: i2t_top1={r['i2t_top1'][0]:.3f} t2i_top1={r['t2i_top1'][0]:.3f}",
             flush=True,
         )
-    st.done(cehnc_i2t_top1=retrieval[dc.clip.losses[-1]]["i2t_top1"][0])
+    hard = demo_clip.hard_benchmark(dc, w / "clip" / "hard")
+    st.done(cehnc_i2t_top1=retrieval[dc.clip.losses[-1]]["summary"]["i2t_top1"][0])
 
     st.start(
         "export", "cehnc model → open_clip safetensors → PyTorch open_clip, embeddings compared"
@@ -191,7 +195,7 @@ def run(args) -> int:
     st.start("report", "tables, t-tests, figures")
     facts.update(stage_seconds=dict(st.times), total_seconds=st.total)
     md = demo_report.write(
-        w, dc, retrieval=retrieval, export=export, zres=zres, weak=weak, facts=facts
+        w, dc, retrieval=retrieval, hard=hard, export=export, zres=zres, weak=weak, facts=facts
     )
     st.done()
     print(f"\n[demo] done in {st.total:.0f} s; report: {md}", flush=True)

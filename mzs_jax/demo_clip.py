@@ -11,41 +11,12 @@ import pathlib
 import ml_collections
 import numpy as np
 
+from mzs_jax.pipeline.phantom_clip import (  # noqa: F401 - the demo's names for them
+    SHIPPED,
+    import_shipped,
+    shipped_checkpoint,
+)
 from mzs_jax.train.defaults import clip_config
-
-SHIPPED = pathlib.Path(__file__).resolve().parent / "assets" / "phantom_clip"
-
-
-def shipped_checkpoint() -> pathlib.Path | None:
-    """`mzs_jax/assets/phantom_clip` (model.safetensors + tokenizer/ + README.md) if present."""
-    ok = (SHIPPED / "model.safetensors").is_file() and (SHIPPED / "tokenizer").is_dir()
-    return SHIPPED if ok else None
-
-
-def import_shipped(folder: pathlib.Path, workdir: pathlib.Path) -> str:
-    """Load the shipped open_clip safetensors into a tiny CLIP workdir (as `mzs import` does);
-    returns a one-line description naming the file and how it was trained."""
-    from mzs_jax import convert
-    from mzs_jax.models import clip
-    from mzs_jax.train.checkpoint import save_model
-
-    path = folder / "model.safetensors"
-    mc = clip.model_config("tiny")
-    try:
-        model = convert.from_open_clip(convert.load_state_dict_file(path), mc)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    save_model(workdir, model, mc, step=0)
-    info = folder / "README.md"
-    cmd = (
-        next(
-            (ln.strip() for ln in info.read_text().splitlines() if "mzs train-clip" in ln),
-            "see README.md",
-        )
-        if info.is_file()
-        else "README.md missing"
-    )
-    return f"shipped checkpoint {path.name} ({path.stat().st_size} bytes), trained by: {cmd}"
 
 
 def build_tokenizer(dc: ml_collections.ConfigDict, out_dir: pathlib.Path) -> pathlib.Path:
@@ -99,10 +70,9 @@ def train(
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
     name: str,
-) -> dict[str, tuple[float, float]]:
-    """One `loop.fit` run of the stage 1 task; returns the ROCO-protocol retrieval of the final
-    model on the held-out captions: `{metric: (mean, std)}` over `eval_seeds` shuffles in batches
-    of `eval_batch` (the embeddings of fit's end-of-run evaluation are reused)."""
+) -> dict:
+    """One `loop.fit` run of the stage 1 task; returns `scores` (below) of the final model on the
+    held-out captions (the embeddings of fit's end-of-run evaluation are reused)."""
     from mzs_jax.pipeline import retrieval as ret
     from mzs_jax.train.clip_task import ClipTask
     from mzs_jax.train.loop import fit
@@ -117,7 +87,7 @@ def train(
 
     task = Task(config, workdir)
     fit(task, config, workdir, name=name)
-    return summary(dc, *task.embeddings)
+    return scores(dc, *task.embeddings)
 
 
 def _val(task, limit: int):
@@ -132,9 +102,43 @@ def summary(dc, img: np.ndarray, txt: np.ndarray) -> dict[str, tuple[float, floa
     return ret.summarize(img, txt, batch=int(dc.clip.eval_batch), seeds=int(dc.clip.eval_seeds))
 
 
+def scores(dc, img: np.ndarray, txt: np.ndarray) -> dict:
+    """`{"summary": {metric: (mean, std)} over `eval_seeds` shuffles in batches of `eval_batch`,
+    "hits": {metric: bool (M,)} per query of the seed-0 shuffle}` (hits pair up across models
+    for McNemar: `significance`)."""
+    from mzs_jax.pipeline import retrieval as ret
+
+    hits = ret.query_hits(img, txt, batch=int(dc.clip.eval_batch), seed=0)
+    return {"summary": summary(dc, img, txt), "hits": hits}
+
+
+def significance(model: dict, pretrained: dict) -> dict[str, dict]:
+    """Per top-1 metric: Δ of the seed-0 per-query hit rate vs the pre-trained model and
+    McNemar's p on those paired hits; `changed` = p < 0.05."""
+    from mzs_jax.pipeline.stats import mcnemar
+
+    out = {}
+    for m in ("i2t_top1", "t2i_top1"):
+        a, b = model["hits"][m], pretrained["hits"][m]
+        p = mcnemar(a, b).pvalue
+        out[m] = {"diff": float(a.mean() - b.mean()), "p": p, "changed": bool(p < 0.05)}
+    return out
+
+
+def hard_benchmark(dc: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, object]:
+    """The hard-negative loss benchmark (`pipeline/loss_quality.py`) at the demo's sizes
+    (`dc.clip.hard`, for `dc.clip.losses`); returns (result, its config)."""
+    from mzs_jax.pipeline import loss_quality
+
+    cfg = loss_quality.default_config(quick=True)
+    cfg.update(dc.clip.hard.to_dict())
+    cfg.losses = tuple(dc.clip.losses)
+    return loss_quality.run(cfg, workdir), cfg
+
+
 def retrieval(
     dc: ml_collections.ConfigDict, workdir: pathlib.Path, tokenizer: pathlib.Path
-) -> dict[str, tuple[float, float]]:
+) -> dict:
     """The same retrieval for a model already in `workdir` (the imported starting point)."""
     from mzs_jax.pipeline import retrieval as ret
     from mzs_jax.train import checkpoint as ckpt
@@ -149,7 +153,7 @@ def retrieval(
         tokenizer=str(tokenizer),
         seed=int(dc.seed),
     )
-    return summary(dc, *ret.embed(model, ex))
+    return scores(dc, *ret.embed(model, ex))
 
 
 def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -> dict:

@@ -18,6 +18,7 @@ from mzs_jax.pipeline.stats import paired_ttest
 SECTIONS = (
     "Run",
     "Stage 1: retrieval per loss",
+    "Stage 1: hard-negative loss benchmark",
     "Export to PyTorch",
     "Stage 2: pointing game",
     "Segmentation: zero-shot vs baselines vs weakly supervised",
@@ -68,7 +69,75 @@ def _mean(rows, method, metric) -> float:
     )
 
 
-def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathlib.Path:
+def _vs_pretrained(sig: dict) -> tuple[str, str]:
+    """(Δ and McNemar p per top-1 metric, whether fine-tuning changed retrieval)."""
+    text = "; ".join(
+        f"{m.split('_')[0]} {100 * v['diff']:+.1f} pp, p={v['p']:.2g}" for m, v in sig.items()
+    )
+    moved = [
+        f"{m.split('_')[0]} {'higher' if v['diff'] > 0 else 'lower'}"
+        for m, v in sig.items()
+        if v["changed"]
+    ]
+    return text, (f"yes ({', '.join(moved)})" if moved else "no")
+
+
+def _stage1_blocks(dc, retrieval: dict, ret_md: str) -> list:
+    """The stage 1 table: retrieval per model and whether fine-tuning changed it (McNemar on the
+    seed-0 shuffle's per-query top-1 hits vs the pre-trained model, p < 0.05)."""
+    from mzs_jax.demo_clip import significance
+
+    names = list(retrieval)
+    pre = retrieval[names[0]]
+    rows, changed = [], 0
+    for name, r in retrieval.items():
+        cells = [
+            f"{100 * r['summary'][m][0]:.2f} ± {100 * r['summary'][m][1]:.2f}" for m in ret.METRICS
+        ]
+        if name == names[0]:
+            rows.append([name, *cells, "reference", "—"])
+            continue
+        text, moved = _vs_pretrained(significance(r, pre))
+        changed += moved != "no"
+        rows.append([name, *cells, text, moved])
+    n_q = len(pre["hits"]["i2t_top1"])
+    return [
+        ("p", ret_md.splitlines()[0]),
+        (
+            "table",
+            ["model", *ret.METRICS, "top-1 Δ vs pre-trained, McNemar p", "changed retrieval"],
+            rows,
+        ),
+        (
+            "p",
+            f"Chance top-1 is {100 / min(dc.clip.eval_batch, 1e9):.0f} %. Each loss fine-tunes "
+            f"the same pre-trained model for {dc.clip.finetune_steps} steps on the easy caption "
+            f"set. 'changed' = McNemar p < 0.05 on a top-1 metric ({n_q} paired queries of the "
+            f"seed-0 shuffle): fine-tuning changed retrieval for {changed} of {len(names) - 1} "
+            "losses; the hard-negative benchmark below is the comparison with power.",
+        ),
+    ]
+
+
+def _hard_blocks(hard, out: pathlib.Path) -> list:
+    """The hard-negative loss benchmark section (pipeline/loss_quality_report.py)."""
+    from mzs_jax.pipeline import loss_quality_report as lqr
+    from mzs_jax.pipeline.loss_quality import default_config
+
+    result, cfg = hard
+    full = default_config()
+    stats = lqr.analyse(result)
+    png = lqr.plot(result, stats, out / "loss_quality.png")
+    note = (
+        f"At the demo's sizes (`clip.hard`: {len(cfg.seeds)} seeds, {cfg.steps} steps, "
+        f"{cfg.train_blocks} + {cfg.val_blocks} blocks). The full benchmark ({len(full.seeds)} "
+        f"seeds, {full.steps} steps, {full.train_blocks} + {full.val_blocks} blocks) is "
+        "`mzs bench --only loss_quality`; docs/losses.md has its measured result."
+    )
+    return [("p", note), *lqr.blocks(result, cfg, stats, png.name)]
+
+
+def write(w: pathlib.Path, dc, *, retrieval, hard, export, zres, weak, facts) -> pathlib.Path:
     """Write `w/report/report.md` + `.html` + PNG figures; returns the Markdown path."""
     out = w / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +146,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
     rows = evaluate.with_class_mean(evaluate.read_csv(csv_path))
     evaluate.write_summary(evaluate.summarize(rows), w / "eval" / "metrics_summary.csv")
     ret_md = ret.write_tables(
-        list(retrieval.items()),
+        [(k, v["summary"]) for k, v in retrieval.items()],
         w / "eval" / "retrieval",
         seeds=int(dc.clip.eval_seeds),
         batch=int(dc.clip.eval_batch),
@@ -121,21 +190,10 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
             ],
         ),
         ("h", 2, SECTIONS[1]),
-        ("p", ret_md.splitlines()[0]),
-        (
-            "table",
-            ["model", *ret.METRICS],
-            [
-                [name, *(f"{100 * r[m][0]:.2f} ± {100 * r[m][1]:.2f}" for m in ret.METRICS)]
-                for name, r in retrieval.items()
-            ],
-        ),
-        (
-            "p",
-            f"Chance top-1 is {100 / min(dc.clip.eval_batch, 1e9):.0f} %. Each loss fine-tunes "
-            f"the same pre-trained model for {dc.clip.finetune_steps} steps.",
-        ),
+        *_stage1_blocks(dc, retrieval, ret_md),
         ("h", 2, SECTIONS[2]),
+        *_hard_blocks(hard, out),
+        ("h", 2, SECTIONS[3]),
         (
             "table",
             ["file", "bytes", "images compared", "max abs diff (JAX vs torch embedding)"],
@@ -148,7 +206,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
                 ]
             ],
         ),
-        ("h", 2, SECTIONS[3]),
+        ("h", 2, SECTIONS[4]),
         ("p", "Fraction of held-out cases whose map's maximum lies inside the target."),
         ("table", ["map", "hit rate"], [[k, f"{v:.3f}"] for k, v in zres["pointing"].items()]),
     ]
@@ -159,7 +217,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
         else "The position prior boxes the named quadrant."
     )
     blocks += [
-        ("h", 2, SECTIONS[4]),
+        ("h", 2, SECTIONS[5]),
         ("table", header, body),
         (
             "p",
@@ -172,7 +230,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
             f"Pseudo-mask Dice on the training split (what the ResUNet learns from): "
             f"{100 * zres['pseudo_train_dice']:.2f}.",
         ),
-        ("h", 2, SECTIONS[5]),
+        ("h", 2, SECTIONS[6]),
         ("table", ["dataset", "method", "vs", "metric", "n", "p"], pvals),
     ]
     zs_dice = _mean(rows, ZERO_SHOT, "dice")
@@ -180,7 +238,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
     tests = {m: paired_ttest(rows, ZERO_SHOT, m, "dice", class_="mean") for m in sorted(base)}
     t = paired_ttest(rows, WEAK, ZERO_SHOT, "dice", class_="mean")
     blocks += [
-        ("h", 2, SECTIONS[6]),
+        ("h", 2, SECTIONS[7]),
         (
             "table",
             ["goal", "measured", "met"],
@@ -206,7 +264,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
     box_png = report.box_plots(per_class, out / "box_dice.png", "dice")
     grid_png = report.overlay_grid(_overlays(zres), out / "overlays.png")
     blocks += [
-        ("h", 2, SECTIONS[7]),
+        ("h", 2, SECTIONS[8]),
         (
             "p",
             "Held-out cases: image | saliency (DPFEM-refined, over the image) | box from the "
@@ -214,7 +272,7 @@ def write(w: pathlib.Path, dc, *, retrieval, export, zres, weak, facts) -> pathl
         ),
         ("img", grid_png.name, "saliency, box and mask over the image"),
         ("img", box_png.name, "per-case Dice per method"),
-        ("h", 2, SECTIONS[8]),
+        ("h", 2, SECTIONS[9]),
         (
             "table",
             ["stage", "seconds"],

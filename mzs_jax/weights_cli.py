@@ -42,7 +42,12 @@ def run_export(args) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     convert.save_safetensors(state_dict, args.out)
     progress.close(wrote=str(args.out))
-    note = " (metadata context encoder not exported)" if model_config.context.enabled else ""
+    note = (
+        "; context: not exported (the model's metadata encoder fuses into its text side during "
+        "training; the exported towers embed images and text without context)"
+        if model_config.context.enabled
+        else "; context: none (the model has no metadata encoder)"
+    )
     print(f"exported {model_config.name} ({convert.count_params(model)} parameters) "
           f"to {args.out}{note}")  # fmt: skip
     return 0

@@ -52,8 +52,24 @@ def test_quick_demo_report_has_every_section_filled_with_finite_numbers():
         "dhn_nce",
         "cehnc",
     ]
-    vals = [_number(c) for r in ret for c in r[1:]]
+    vals = [_number(c) for r in ret for c in r[1:5]]
     assert len(vals) == 24 and all(0 <= v <= 100 for v in vals)
+    # Whether fine-tuning changed retrieval: McNemar vs the pre-trained model, per loss.
+    assert ret[0][5:] == ["reference", "—"]
+    for r in ret[1:]:
+        assert "p=" in r[5] and (r[6] == "no" or r[6].startswith("yes ("))
+
+    hard = secs["Stage 1: hard-negative loss benchmark"]
+    mean_ci, tests = (_table(t) for t in hard.split("\n\n") if t.startswith("|"))
+    assert [r[0] for r in mean_ci] == ["pre-trained (no fine-tuning)"] + [
+        f"{k} (2 seeds)" for k in ("infonce", "dcl", "hn_nce", "dhn_nce", "cehnc")
+    ]
+    assert all(0 <= _number(c) <= 100 for r in mean_ci for c in r[1:])
+    assert len(tests) == 5 * 4 and all(r[5] in ("yes", "no") for r in tests)
+    for r in tests:  # p-values: numbers, or a t-test undefined because Δ is equal on every seed
+        assert r[3].startswith("undefined") or 0 <= float(r[3]) <= 1
+        assert 0 <= float(r[4]) <= 1
+    assert "beats the pre-trained model's" in hard and "loss_quality.png" in hard
 
     (export,) = _table(secs["Export to PyTorch"])
     assert int(export[1]) > 0 and _number(export[3]) < 1e-4  # torch reproduces the JAX model
@@ -73,7 +89,7 @@ def test_quick_demo_report_has_every_section_filled_with_finite_numbers():
     goals = _table(secs["Goals, as measured"])
     assert goals and all(r[2] == "yes" or r[2].startswith("no") for r in goals)
 
-    for png in ("overlays.png", "box_dice.png"):
+    for png in ("overlays.png", "box_dice.png", "loss_quality.png"):
         with Image.open(work / "report" / png) as im:
             assert im.size[0] > 100 and im.size[1] > 100
             assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas

@@ -1,5 +1,5 @@
 """Context encoder in stage 1 CLIP training: phantom metadata reaches the loss through grain, a
-CEHNC run with context trains and its gates get gradient; with context disabled nothing changes."""
+CEHNC run with context trains and its gate gets gradient; with context disabled nothing changes."""
 
 import runpy
 
@@ -59,7 +59,7 @@ def test_phantom_metadata_becomes_context_arrays(tmp_path, repo_root):
         clip_context.with_default_vocab(bad)
 
 
-def test_cehnc_run_with_context_trains_and_gates_get_gradient(tmp_path, repo_root):
+def test_cehnc_run_with_context_trains_and_the_gate_gets_gradient(tmp_path, repo_root):
     cfg = _config(repo_root)
     cfg.total_steps = 1
     task = ClipTask(cfg, tmp_path)
@@ -69,11 +69,11 @@ def test_cehnc_run_with_context_trains_and_gates_get_gradient(tmp_path, repo_roo
     assert np.isfinite(last["loss"]) and np.isfinite(last["grad_norm"])
     trained, mc = ckpt.restore_model(tmp_path / "run")
     assert mc.context.enabled and trained.context is not None
-    # The gates start at 0; AdamW's first update is -lr·g/(|g| + eps) for a scalar, so a gate
+    # The gate starts at 0; AdamW's first update is -lr·g/(|g| + eps) for a scalar, so the gate
     # moves by about lr exactly when its gradient is non-zero (|g| >> eps = 1e-6).
     lr = cfg.optimizer.lr
-    for gate in (trained.context.gate_img, trained.context.gate_txt):
-        assert 0.5 * lr < abs(float(gate[...])) <= lr * (1 + 1e-5), float(gate[...])
+    gate = float(trained.context.gate_txt[...])
+    assert 0.5 * lr < abs(gate) <= lr * (1 + 1e-5), gate
 
 
 def test_context_disabled_changes_nothing(tmp_path, repo_root):
@@ -120,7 +120,7 @@ def test_init_from_an_imported_clip_without_context_keeps_the_new_encoder(tmp_pa
         np.testing.assert_array_equal(a, b)
     # τ restarts at config.temperature_init (test_train_temperature_init.py).
     np.testing.assert_allclose(float(model.logit_scale[...]), np.log(1 / cfg.temperature_init))
-    assert float(model.context.gate_img[...]) == float(model.context.gate_txt[...]) == 0.0
+    assert float(model.context.gate_txt[...]) == 0.0
     last = fit(task, cfg, tmp_path / "run")
     assert np.isfinite(last["loss"])
     trained, mc = ckpt.restore_model(tmp_path / "run")

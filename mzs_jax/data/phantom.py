@@ -59,11 +59,13 @@ def _lung_zone(mask: np.ndarray, region: np.ndarray) -> tuple[str, str]:
     return side, ("upper" if ys.mean() < mid else "lower")
 
 
-def xray_sample(rng: np.random.Generator, size: int = 64) -> dict:
-    """One chest X-ray phantom: image `(S, S, 1)` in [0, 1], mask `(S, S)` with XRAY_LABELS."""
+def chest_anatomy(
+    rng: np.random.Generator, size: int, cardiomegaly: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Body, spine, ribs, lungs and heart (enlarged when `cardiomegaly`) of a chest X-ray
+    phantom: image `(S, S)` float32 before acquisition, mask `(S, S)` with XRAY_LABELS 1-3."""
     S, shp = size, (size, size)
     yy, xx = _grid(size, size)
-    finding = str(rng.choice(_XRAY_FINDINGS, p=_XRAY_P))
     tex = smooth_texture(shp, rng, 8)
     img = np.full(shp, 0.04, np.float32)
     mask = np.zeros(shp, np.int32)
@@ -71,7 +73,7 @@ def xray_sample(rng: np.random.Generator, size: int = 64) -> dict:
     paint(img, body, 0.5, tex, 0.03)
     spine = (np.abs(xx - 0.5 * S) < 0.05 * S) & body
     img[spine] = 0.72
-    hs = rng.uniform(1.3, 1.45) if finding == "cardiomegaly" else rng.uniform(0.9, 1.05)
+    hs = rng.uniform(1.3, 1.45) if cardiomegaly else rng.uniform(0.9, 1.05)
     heart = blob(
         shp, (0.66 * S, 0.55 * S), (0.12 * S * hs, 0.15 * S * hs), rng, angle=-0.4, wobble=0.05
     )
@@ -90,6 +92,14 @@ def xray_sample(rng: np.random.Generator, size: int = 64) -> dict:
         mask[region] = label
     paint(img, heart & body, 0.68, tex, 0.02)
     mask[heart & body] = 3
+    return img, mask
+
+
+def xray_sample(rng: np.random.Generator, size: int = 64) -> dict:
+    """One chest X-ray phantom: image `(S, S, 1)` in [0, 1], mask `(S, S)` with XRAY_LABELS."""
+    S, shp = size, (size, size)
+    finding = str(rng.choice(_XRAY_FINDINGS, p=_XRAY_P))
+    img, mask = chest_anatomy(rng, size, finding == "cardiomegaly")
     lungs = mask.copy()
     n_lesions = {
         "normal": 0,

@@ -1,5 +1,5 @@
-"""Clinical-metadata context encoder fused into both embeddings (MedZeroSeg §"Integration of
-contextual information"): gated residual, gate initialised at 0, re-normalised afterwards.
+"""Clinical-metadata context encoder fused into the text (report) embedding only (MedZeroSeg
+§"Integration of contextual information"; docs/losses.md): gated residual, gate initialised at 0.
 
 Metadata batch format (dict of arrays, every key optional; an absent key = missing for all rows):
   "<categorical field>" int32 (B,)   for each field of `cfg.categorical` (default: modality,
@@ -34,7 +34,10 @@ def default_config() -> ConfigDict:
 
 
 class ContextEncoder(nnx.Module):
-    """Metadata → context vector c (B, E); `fuse` adds tanh(g)·c to img/txt and re-normalises."""
+    """Metadata → context vector c (B, E); `fuse` adds tanh(g)·c to the text side, re-normalised.
+
+    The image embedding is never changed: a context added to both sides of pair i gives the pair
+    a shared code that matches it without looking at the image (docs/losses.md)."""
 
     def __init__(self, cfg: ConfigDict, embed_dim: int, *, rngs: nnx.Rngs):
         self.categorical = tuple(cfg.categorical.keys())
@@ -58,8 +61,7 @@ class ContextEncoder(nnx.Module):
         self.history_proj = nnx.Linear(embed_dim, h, rngs=rngs) if self.use_history else None
         self.hidden = nnx.Linear(h, h, rngs=rngs)
         self.out = nnx.Linear(h, embed_dim, rngs=rngs)
-        # Gates start at 0: the fused embedding equals the input at step 0.
-        self.gate_img = nnx.Param(jnp.zeros((), jnp.float32))
+        # The gate starts at 0: the fused embedding equals the input at step 0.
         self.gate_txt = nnx.Param(jnp.zeros((), jnp.float32))
 
     def __call__(self, metadata: dict[str, Array], batch: int) -> tuple[Array, Array]:
@@ -93,15 +95,17 @@ class ContextEncoder(nnx.Module):
         h = jnp.broadcast_to(jnp.asarray(h, jnp.float32), (batch, self.hidden.in_features))
         return self.out(jax.nn.gelu(self.hidden(jax.nn.gelu(h)))), present
 
+    def fuse_text(self, txt: Array, metadata: dict[str, Array]) -> Array:
+        """(B, E) unit txt → unit txt + tanh(g_txt)·c; rows without any metadata are unchanged."""
+        if txt.ndim != 2 or txt.shape[-1] != self.embed_dim:
+            raise ValueError(f"context.fuse_text: txt {txt.shape}, E={self.embed_dim}")
+        c, present = self(metadata, txt.shape[0])
+        y = txt.astype(jnp.float32) + jnp.tanh(self.gate_txt[...]) * c
+        y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+        return jnp.where(present[:, None], y, txt.astype(jnp.float32)).astype(txt.dtype)
+
     def fuse(self, img: Array, txt: Array, metadata: dict[str, Array]) -> tuple[Array, Array]:
-        """(B, E) unit img/txt → unit (img + tanh(g_img)·c, txt + tanh(g_txt)·c); rows without
-        any metadata are returned unchanged."""
-        if img.shape != txt.shape or img.shape[-1] != self.embed_dim:
-            raise ValueError(f"context.fuse: img {img.shape}, txt {txt.shape}, E={self.embed_dim}")
-        c, present = self(metadata, img.shape[0])
-        out = []
-        for x, gate in ((img, self.gate_img), (txt, self.gate_txt)):
-            y = x.astype(jnp.float32) + jnp.tanh(gate[...]) * c
-            y = y / jnp.maximum(jnp.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
-            out.append(jnp.where(present[:, None], y, x.astype(jnp.float32)).astype(x.dtype))
-        return out[0], out[1]
+        """(B, E) unit img/txt → (img unchanged, `fuse_text(txt)`)."""
+        if img.shape != txt.shape:
+            raise ValueError(f"context.fuse: img {img.shape} and txt {txt.shape} differ")
+        return img, self.fuse_text(txt, metadata)

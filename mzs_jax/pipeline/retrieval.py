@@ -1,5 +1,6 @@
 """ROCO-protocol retrieval (paper §4.1, Table 1): top-1/top-2 image→text and text→image accuracy
-in batches of 50 drawn from a shuffle, several seeds, mean ± std; the `mzs eval-retrieval` command.
+in batches of 50 drawn from a shuffle, several seeds, mean ± std, ties broken at random (a constant
+model scores chance); the `mzs eval-retrieval` command.
 """
 
 from __future__ import annotations
@@ -15,47 +16,97 @@ import numpy as np
 METRICS = ("i2t_top1", "i2t_top2", "t2i_top1", "t2i_top2")
 
 
-def _hits(img: np.ndarray, txt: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-query top-k hits (bool `(N,)`) within one batch of paired `(N, D)` embeddings."""
+def _rank_counts(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (row of `s`, true partner on the diagonal): how many candidates score strictly
+    higher than the partner (r) and how many others tie with it exactly (t)."""
+    pos = np.diagonal(s)[:, None]
+    return np.sum(s > pos, axis=1), np.sum(s == pos, axis=1) - 1
+
+
+def _hits(
+    img: np.ndarray, txt: np.ndarray, rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
+    """Per-query top-k hits `(N,)` within one batch of paired `(N, D)` embeddings, ties broken
+    uniformly at random: the partner's rank is r + U, U uniform on {0..t}.
+
+    `rng=None`: the expected hit, float P(r + U < k) = clip((k − r)/(t + 1), 0, 1), so a
+    collapsed model (every score tied) scores k/N, chance. With `rng`: bool hits with U drawn
+    (one draw per query and direction, shared by top-1 and top-2), for McNemar."""
     sim = img @ txt.T
-    target = np.arange(sim.shape[0])
     out = {}
     for name, s in (("i2t", sim), ("t2i", sim.T)):
-        # Rank of the true partner: how many candidates score strictly higher.
-        rank = np.sum(s > s[target, target][:, None], axis=1)
-        out[f"{name}_top1"] = rank < 1
-        out[f"{name}_top2"] = rank < 2
+        higher, tied = _rank_counts(s)
+        if rng is None:
+            for k in (1, 2):
+                out[f"{name}_top{k}"] = np.clip((k - higher) / (tied + 1), 0.0, 1.0)
+        else:
+            rank = higher + rng.integers(0, tied + 1)
+            for k in (1, 2):
+                out[f"{name}_top{k}"] = rank < k
     return out
 
 
 def batch_retrieval(img: np.ndarray, txt: np.ndarray) -> dict[str, float]:
-    """Top-k accuracy within one batch of paired `(N, D)` embeddings (row i of each is a pair)."""
+    """Expected top-k accuracy (ties broken at random) within one batch of paired `(N, D)`
+    embeddings (row i of each is a pair)."""
+    img, txt = _check_pairs(img, txt)
     return {k: float(np.mean(v)) for k, v in _hits(img, txt).items()}
 
 
-def query_hits(
-    img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Per-query hits `(M,)` under the ROCO protocol: shuffle the pairs with `seed`, split into
-    batches of `batch` (the last partial batch is dropped unless it is the only one); query j is
-    the j-th pair of the shuffled order, so two models' hits pair up (McNemar)."""
+def _check_pairs(img, txt) -> tuple[np.ndarray, np.ndarray]:
     img, txt = np.asarray(img, np.float64), np.asarray(txt, np.float64)
     if img.shape != txt.shape or img.ndim != 2 or len(img) < 2:
         raise ValueError(
             f"retrieval needs paired (N>=2, D) embeddings, got {img.shape}, {txt.shape}"
         )
-    order = np.random.default_rng(seed).permutation(len(img))
-    size = min(batch, len(img))
-    chunks = [order[i : i + size] for i in range(0, len(order) - size + 1, size)]
+    if not (np.isfinite(img).all() and np.isfinite(txt).all()):
+        raise ValueError("retrieval: the embeddings contain NaN or inf")
+    return img, txt
+
+
+def _chunks(n: int, batch: int, seed: int) -> list[np.ndarray]:
+    """The ROCO protocol's batches: a `seed` shuffle cut into batches of `batch` (the last
+    partial batch is dropped unless it is the only one)."""
+    order = np.random.default_rng(seed).permutation(n)
+    size = min(batch, n)
+    return [order[i : i + size] for i in range(0, n - size + 1, size)]
+
+
+def query_scores(
+    img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0, chunks=None
+) -> dict[str, np.ndarray]:
+    """Per-query expected hits `(M,)` float under the ROCO protocol (`_chunks`); query j is the
+    j-th pair of the shuffled order. `chunks` (a list of index arrays) replaces the shuffled
+    batches, e.g. the 64-pair blocks of `phantom-hard`."""
+    img, txt = _check_pairs(img, txt)
+    chunks = _chunks(len(img), batch, seed) if chunks is None else chunks
     per = [_hits(img[c], txt[c]) for c in chunks]
+    return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
+
+
+def query_hits(
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    batch: int = 50,
+    seed: int = 0,
+    tie_seed: int = 0,
+    chunks=None,
+) -> dict[str, np.ndarray]:
+    """Per-query bool hits `(M,)` in the order of `query_scores`, exact ties broken by a draw
+    seeded with `(tie_seed, seed)`, so two models' hits pair up (McNemar) and reruns agree."""
+    img, txt = _check_pairs(img, txt)
+    rng = np.random.default_rng([tie_seed, seed])
+    chunks = _chunks(len(img), batch, seed) if chunks is None else chunks
+    per = [_hits(img[c], txt[c], rng) for c in chunks]
     return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
 
 
 def roco_retrieval(
     img: np.ndarray, txt: np.ndarray, *, batch: int = 50, seed: int = 0
 ) -> dict[str, float]:
-    """Mean of the per-batch accuracies (= mean of `query_hits`, the batches being equal)."""
-    return {k: float(np.mean(v)) for k, v in query_hits(img, txt, batch=batch, seed=seed).items()}
+    """Mean of the per-batch expected accuracies (= mean of `query_scores`)."""
+    return {k: float(np.mean(v)) for k, v in query_scores(img, txt, batch=batch, seed=seed).items()}
 
 
 def mcnemar_table(
@@ -88,11 +139,20 @@ def summarize(
     }
 
 
-def embed(model, examples, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def embed(
+    model, examples, *, batch_size: int = 64, with_context: bool = False
+) -> tuple[np.ndarray, ...]:
     """`(img, txt)` embeddings `(N, E)` of a sequence of examples with `image`, `input_ids`,
-    `attention_mask`; runs jitted, fully replicated (works in multi-process runs)."""
+    `attention_mask`; runs jitted, fully replicated (works in multi-process runs).
+
+    `with_context=True` (a model with a context encoder; examples with `"context"` arrays):
+    `(img, txt, txt_with_context)`, the last with the metadata fused into the text side."""
     from flax import nnx
 
+    from mzs_jax.train.clip_context import encoded_metadata
+
+    if with_context and getattr(model, "context", None) is None:
+        raise ValueError("embed(with_context=True): the model has no context encoder")
     graphdef, state = nnx.split(model)
     # Parameters sharded over `fsdp` across hosts would leave the outputs sharded (not fetchable
     # on one host): ask for replicated outputs on the parameters' mesh.
@@ -104,21 +164,38 @@ def embed(model, examples, *, batch_size: int = 64) -> tuple[np.ndarray, np.ndar
     )
 
     @functools.partial(jax.jit, out_shardings=out)
-    def encode(state, images, ids, mask):
+    def encode(state, batch):
         m = nnx.merge(graphdef, state)
-        return m.encode_image(images), m.encode_text(ids, mask)
+        img = m.encode_image(batch["image"])
+        txt = m.encode_text(batch["input_ids"], batch["attention_mask"])
+        if not with_context:
+            return img, txt
+        return img, txt, m.context.fuse_text(txt, encoded_metadata(m, batch["context"]))
 
-    imgs, txts = [], []
+    keys = ("image", "input_ids", "attention_mask") + (("context",) if with_context else ())
+    parts = []
     n = len(examples)
     for start in range(0, n, batch_size):
         rows = [examples[i] for i in range(start, min(n, start + batch_size))]
-        stack = {
-            k: np.stack([r[k] for r in rows]) for k in ("image", "input_ids", "attention_mask")
-        }
-        i, t = encode(state, stack["image"], stack["input_ids"], stack["attention_mask"])
-        imgs.append(_host(i))
-        txts.append(_host(t))
-    return np.concatenate(imgs), np.concatenate(txts)
+        if with_context and any("context" not in r for r in rows):
+            raise ValueError("embed(with_context=True): examples have no 'context' metadata")
+        stack = jax.tree.map(lambda *xs: np.stack(xs), *[{k: r[k] for k in keys} for r in rows])
+        parts.append([_host(x) for x in encode(state, stack)])
+    return tuple(np.concatenate(col) for col in zip(*parts, strict=True))
+
+
+def has_metadata(examples) -> bool:
+    """Whether any example's `"context"` arrays hold a present value (a category id > 0 or a
+    `*_present` flag set)."""
+    for i in range(len(examples)):
+        ctx = examples[i].get("context") or {}
+        for k, v in ctx.items():
+            if k.endswith("_present") and bool(v):
+                return True
+            if not k.endswith(("_present", "_ids", "_mask")) and np.asarray(v).dtype.kind == "i":
+                if int(v) > 0:
+                    return True
+    return False
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -161,11 +238,13 @@ def write_tables(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data", required=True, help="caption data: a ROCO root, a MedPix index, or 'phantom:N'"
+        "--data",
+        required=True,
+        help="caption data: a ROCO root, a MedPix index, 'phantom:N' or 'phantom-hard:N'",
     )
     parser.add_argument(
         "--source",
-        choices=("roco", "medpix", "phantom"),
+        choices=("roco", "medpix", "phantom", "phantom-hard"),
         default=None,
         help="data kind (default: phantom for 'phantom:N', roco for a folder, medpix for a file)",
     )
@@ -191,40 +270,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _embed_workdir(args, workdir, tokenizer: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Image and text embeddings of `--data` with the model in `workdir`."""
+def _embed_workdir(args, workdir, tokenizer: str | None) -> tuple:
+    """`(img, txt, txt_with_context or None, note)` of `--data` with the model in `workdir`; the
+    note says whether and how the metadata context was used."""
     from mzs_jax.train import checkpoint as ckpt
     from mzs_jax.train.clip_task import eval_examples
 
     model, model_config = ckpt.restore_model(workdir)
+    ctx = getattr(model, "context", None) is not None
     examples = eval_examples(
-        args.data, args.source, args.split, model_config, tokenizer=tokenizer, workdir=workdir
+        args.data,
+        args.source,
+        args.split,
+        model_config,
+        tokenizer=tokenizer,
+        workdir=workdir,
+        context=ctx,
     )
-    return embed(model, examples)
+    if not ctx:
+        return *embed(model, examples), None, f"{workdir}: no context encoder (images and text)"
+    if not has_metadata(examples):
+        note = f"{workdir}: context encoder present, but --data has no metadata: not used"
+        return *embed(model, examples), None, note
+    img, txt, txt_ctx = embed(model, examples, with_context=True)
+    note = (
+        f"{workdir}: context encoder fuses the metadata into the text side; rows without "
+        "(the exported towers) and with context"
+    )
+    return img, txt, txt_ctx, note
 
 
 def run(args) -> int:
     if args.workdir is None:
         raise ValueError("--workdir is required (a training workdir or one made by `mzs import`)")
-    img, txt = _embed_workdir(args, args.workdir, args.tokenizer or None)
-    rows = [
-        (args.name or str(args.workdir), summarize(img, txt, batch=args.batch, seeds=args.seeds))
-    ]
-    notes = ""
-    if args.baseline:  # scored with its own workdir's tokenizer
-        b_img, b_txt = _embed_workdir(args, args.baseline, None)
+    img, txt, txt_ctx, note = _embed_workdir(args, args.workdir, args.tokenizer or None)
+    name = args.name or str(args.workdir)
+
+    def score(i, t):
+        return summarize(i, t, batch=args.batch, seeds=args.seeds)
+
+    if txt_ctx is None:
+        rows = [(name, score(img, txt))]
+    else:
+        rows = [(f"{name} (without context)", score(img, txt))]
+        rows.append((f"{name} (with context)", score(img, txt_ctx)))
+    notes = [f"Context: {note}."]
+    if args.baseline:  # scored with its own workdir's tokenizer, without context
+        b_img, b_txt, _, b_note = _embed_workdir(args, args.baseline, None)
         if len(b_img) != len(img):
             raise ValueError(f"--baseline {args.baseline}: {len(b_img)} pairs, not {len(img)}")
-        rows.append(
-            (str(args.baseline), summarize(b_img, b_txt, batch=args.batch, seeds=args.seeds))
-        )
-        notes = mcnemar_table(
-            query_hits(img, txt, batch=args.batch),
-            query_hits(b_img, b_txt, batch=args.batch),
-            rows[0][0],
-            rows[1][0],
+        rows.append((str(args.baseline), score(b_img, b_txt)))
+        notes.append(f"Context: {b_note}; compared without context.")
+        notes.append(
+            mcnemar_table(
+                query_hits(img, txt, batch=args.batch),
+                query_hits(b_img, b_txt, batch=args.batch),
+                rows[0][0],
+                str(args.baseline),
+            )
         )
     out = args.out or pathlib.Path(args.workdir) / "retrieval"
-    print(write_tables(rows, out, seeds=args.seeds, batch=args.batch, notes=notes), end="")
+    text = write_tables(
+        rows, out, seeds=args.seeds, batch=args.batch, notes="\n\n".join(notes).rstrip("\n") + "\n"
+    )
+    print(text, end="")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.md')} ({len(img)} pairs)")
     return 0

@@ -114,3 +114,17 @@ def mcnemar(
         return McNemar(b, c, float(min(b, c)), float(binomtest(min(b, c), n, 0.5).pvalue), "exact")
     stat = (abs(b - c) - 1.0) ** 2 / n
     return McNemar(b, c, float(stat), float(chi2.sf(stat, 1)), "chi2")
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its Student-t confidence interval at `level` (e.g. over training
+    seeds); the half-width is NaN for fewer than 2 values and 0 when all are equal."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if v.size < 2:
+        return float(v.mean()), float("nan")
+    sem = v.std(ddof=1) / np.sqrt(v.size)
+    return float(v.mean()), float(t.ppf(0.5 + level / 2, v.size - 1) * sem)

@@ -107,14 +107,20 @@ def encode_history(model, context: dict) -> dict:
     return {"history_emb": model.encode_text(context["history_ids"], context["history_mask"])}
 
 
-def fuse_batch(model, img, txt, context: dict, outputs: dict | None = None) -> tuple:
-    """Applies `model.context.fuse` with the batched `MetadataArrays` output `context` (leading
-    axis B); img/txt `(B, E)` unit. The history embedding is taken from `outputs` (the towers'
-    outputs, `encode_history`) or encoded here."""
+def encoded_metadata(model, context: dict, outputs: dict | None = None) -> dict:
+    """The batched `MetadataArrays` output with the history embedding in place of its tokens;
+    taken from `outputs` (the towers' outputs, `encode_history`) when given, else encoded here."""
     meta = {k: v for k, v in context.items() if k not in ("history_ids", "history_mask")}
     history = (outputs or {}).get("history_emb")
     if history is None:
         history = encode_history(model, context).get("history_emb")
     if history is not None:
         meta["history_emb"] = history
-    return model.context.fuse(img, txt, meta)
+    return meta
+
+
+def fuse_batch(model, img, txt, context: dict, outputs: dict | None = None) -> tuple:
+    """`model.context.fuse` on `(B, E)` unit img/txt: the image side is returned unchanged, the
+    text side gets the context (docs/losses.md, "Context encoder"). `context`: the batched
+    `MetadataArrays` output (leading axis B)."""
+    return model.context.fuse(img, txt, encoded_metadata(model, context, outputs))

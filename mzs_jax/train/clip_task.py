@@ -41,24 +41,37 @@ def clip_model_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 
 def _guess_source(path: str) -> str:
-    if path.startswith("phantom:"):
-        return "phantom"
+    for kind in ("phantom", "phantom-hard"):
+        if path.startswith(f"{kind}:"):
+            return kind
     return "medpix" if pathlib.Path(path).is_file() else "roco"
+
+
+def _phantom_count(path: str, kind: str) -> int:
+    try:
+        n = int(path.split(":", 1)[1])
+    except (IndexError, ValueError) as e:
+        raise ValueError(f"config.data.path={path!r}: expected '{kind}:N'") from e
+    if n < 1:
+        raise ValueError(f"config.data.path={path!r}: N must be >= 1")
+    return n
 
 
 def caption_source(
     path: str, source: str | None, split: str, *, seed: int = 0, val_fraction: float = 0.15
 ):
-    """A random-access source of `{"image", "caption", "metadata", "id"}` dicts."""
+    """A random-access source of `{"image", "caption", "metadata", "id"}` dicts.
+
+    `phantom-hard:N` (`data/phantom_hard.py`) is split by whole 64-pair blocks, so each held-out
+    block holds every attribute combination once."""
     source = source or _guess_source(path)
-    if source == "phantom":
-        from mzs_jax.data import phantom
+    if source in ("phantom", "phantom-hard"):
+        from mzs_jax.data import phantom, phantom_hard
         from mzs_jax.data.sources import split_indices
 
-        try:
-            n = int(path.split(":", 1)[1])
-        except (IndexError, ValueError) as e:
-            raise ValueError(f"config.data.path={path!r}: expected 'phantom:N'") from e
+        n = _phantom_count(path, source)
+        if source == "phantom-hard":
+            return phantom_hard.split(n, seed, val_fraction, split)
         samples = phantom.generate_captions(n, seed=seed)
         return [samples[i] for i in split_indices(n, val_fraction, seed, split)]
     from mzs_jax.data import captions
@@ -67,7 +80,9 @@ def caption_source(
         return captions.RocoCaptions(path, split, seed=seed, val_fraction=val_fraction)
     if source == "medpix":
         return captions.MedPixCaptions(path, split, seed=seed, val_fraction=val_fraction)
-    raise ValueError(f"config.data.source={source!r}: expected roco | medpix | phantom")
+    raise ValueError(
+        f"config.data.source={source!r}: expected roco | medpix | phantom | phantom-hard"
+    )
 
 
 def resolve_tokenizer(
@@ -150,13 +165,15 @@ def eval_examples(
     workdir=None,
     seed: int = 0,
     limit: int = 0,
+    context: bool = False,
 ) -> grain.MapDataset:
-    """Processed evaluation pairs for `mzs eval-retrieval` and the per-epoch validation."""
+    """Processed evaluation pairs for `mzs eval-retrieval` and the per-epoch validation; with
+    `context` (and `model_config.context.enabled`) each carries its `"context"` arrays."""
     src = caption_source(path, source, split, seed=seed)
     tok = resolve_tokenizer(
         tokenizer, None if tokenizer else workdir, model_config.text.context_length
     )
-    return _examples(src, tok, model_config, limit)
+    return _examples(src, tok, model_config, limit, context=context)
 
 
 # ------------------------------------------------------------------------------------ task
@@ -201,7 +218,7 @@ def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.A
     `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
     open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
     A model with a context encoder (`model.context.enabled`) needs `batch["context"]` (metadata
-    arrays, `clip_context.MetadataArrays`) and fuses it before the loss.
+    arrays, `clip_context.MetadataArrays`) and fuses it into the text embedding before the loss.
     """
     return clip_objective(model, clip_embed(model, batch), batch, loss)
 
@@ -225,7 +242,7 @@ class ClipTask:
             d.path, d.source or None, "val", seed=d.split_seed, val_fraction=d.val_fraction
         )
         texts = None
-        if (d.source or _guess_source(d.path)) == "phantom":
+        if (d.source or _guess_source(d.path)).startswith("phantom"):
             texts = [self.train_src[i]["caption"] for i in range(len(self.train_src))]
         self.tokenizer = resolve_tokenizer(
             d.tokenizer or None, self.workdir, self.model_config.text.context_length, texts
