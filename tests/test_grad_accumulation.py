@@ -1,8 +1,6 @@
 """Exact gradient accumulation (GradCache): with `grad_accum=k` the contrastive loss still sees the
 whole batch, so loss, gradients and the updated parameters equal the `grad_accum=1` step."""
 
-import runpy
-
 import jax
 import ml_collections
 import numpy as np
@@ -10,7 +8,8 @@ import pytest
 
 from mzs_jax import losses
 from mzs_jax.train import checkpoint as ckpt
-from mzs_jax.train.clip_task import ClipTask
+from mzs_jax.train import defaults
+from mzs_jax.train.clip_task import ClipTask, clip_model_config
 from mzs_jax.train.input import to_global, train_iterator
 from mzs_jax.train.loop import init_state
 from mzs_jax.train.mesh import batch_sharding, make_mesh
@@ -21,13 +20,12 @@ LOSS_NAMES = tuple(losses.LOSSES)
 
 
 def _config(repo_root, name, context, mesh, k, accumulation="exact"):
-    cfg = runpy.run_path(str(repo_root / "configs" / "clip_cehnc.py"))["get_config"]()
+    cfg = defaults.clip_config(name)  # with the loss's own initialisation (SigLIP's bias)
     cfg.model = "tiny"
-    cfg.model_overrides.context.enabled = context
+    cfg.model_overrides.context = ml_collections.ConfigDict({"enabled": context})
     # One block per tower: accumulation does not depend on depth, and compiles stay short.
     cfg.model_overrides.vision = ml_collections.ConfigDict({"layers": 1})
     cfg.model_overrides.text = ml_collections.ConfigDict({"layers": 1})
-    cfg.loss.name = name
     cfg.data.path = "phantom:72"
     cfg.data.val_fraction = 0.0
     cfg.mesh.data, cfg.mesh.fsdp = mesh
@@ -47,7 +45,7 @@ def tasks(tmp_path_factory, repo_root):
 
 
 def _gradients(task, cfg, devices):
-    task.config = cfg
+    task.config, task.model_config = cfg, clip_model_config(cfg)
     mesh = make_mesh(cfg.mesh, devices)
     task.bind_mesh(mesh)
     graphdef, _, state = init_state(task, cfg, mesh, spe=1)
@@ -140,7 +138,7 @@ def test_exact_accumulation_keeps_one_micro_batch_of_activations(tasks, repo_roo
     ):
         cfg = _config(repo_root, "infonce", False, (1, 1), k, mode)
         cfg.batch_size = 64
-        task.config = cfg
+        task.config, task.model_config = cfg, clip_model_config(cfg)
         mesh = make_mesh(cfg.mesh, devices)
         task.bind_mesh(mesh)
         graphdef, _, state = init_state(task, cfg, mesh, spe=1)
