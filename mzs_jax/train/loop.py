@@ -180,6 +180,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          "must be a finite number >= 0")  # fmt: skip
 
 
+def _check_batch_fits_mesh(config, mesh) -> None:
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = int(config.batch_size) // int(config.grad_accum)
+    if micro % rows:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} (micro-batch {micro} with grad_accum="
+            f"{config.grad_accum}) does not split over the {rows} devices of the batch axes "
+            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}): use a multiple of "
+            f"{rows * int(config.grad_accum)}, or a smaller --config.mesh.data"
+        )
+
+
 def _get(config, dotted: str):
     node = config
     for part in dotted.split("."):
@@ -232,6 +244,7 @@ def fit(
     validate_config(config)
     resume.check_resume(workdir, task.model_config, config, _log)
     mesh = make_mesh(config.mesh)
+    _check_batch_fits_mesh(config, mesh)
     bind = getattr(task, "bind_mesh", None)
     if bind is not None:
         bind(mesh)
