@@ -27,8 +27,10 @@ def run_export(args) -> int:
 
     if args.workdir is None:
         raise ValueError("--workdir is required (the checkpoint to export)")
-    if args.out.suffix != ".safetensors":
-        raise ValueError(f"--out {args.out}: the export is safetensors; name it *.safetensors")
+    if args.out.suffix != ".safetensors" or args.out.is_dir():
+        raise ValueError(
+            f"--out {args.out}: the export is one safetensors file; name it *.safetensors"
+        )
     progress = Progress(3, "export", unit="step")
     model, model_config = restore_model(args.workdir)
     if model_config.get("name") not in clip_lib.MODEL_NAMES:
