@@ -103,7 +103,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     )
     cfg.optimizer.lr = 1e6  # diverges within a few steps
     cfg.optimizer.name = "sgd"
-    with pytest.raises(ValueError, match="non-finite .* The last checkpoint, .* holds the finite weights"):
+    with pytest.raises(
+        ValueError, match="non-finite .* The last checkpoint, .* holds the finite weights"
+    ):
         fit(ToyTask(), cfg, tmp_path)
     params = final_params(tmp_path)
     assert all(np.isfinite(v).all() for v in params.values())
