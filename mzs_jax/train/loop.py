@@ -31,11 +31,15 @@ from .mesh import batch_sharding, make_mesh, replicated, tree_shardings
 from .step import make_optimizer, make_schedule, make_train_step
 from .task import Task
 
-__all__ = ["Task", "fit", "NonFiniteLossError"]
+__all__ = ["Task", "fit", "NonFiniteLossError", "CheckpointWriteError"]
 
 
 class NonFiniteLossError(ValueError):
     """The loss became NaN/inf; the run stopped without writing a checkpoint of that state."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, unwritable path); earlier steps are kept."""
 
 
 class _Logger:
@@ -54,8 +58,11 @@ class _Logger:
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {self.file.name}: {e.strerror}") from e
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
@@ -317,12 +324,36 @@ class _Loop:
                 if step < self.total:
                     batch = to_global(next(iterator), sharding)
             progress.close(loss=last.get("loss", float("nan")))
+            self._wait_for_saves(self.total)
         finally:
-            self.manager.wait_until_finished()
-            self.manager.close()
-            logger.close()
-            sys.stdout.flush()
+            failing = sys.exc_info()[0] is not None
+            closers = [self.manager.wait_until_finished] if failing else []
+            for close in [*closers, self.manager.close, logger.close, sys.stdout.flush]:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - while failing, the error in flight is reported
+                    if not failing:
+                        raise
         return last
+
+    def _wait_for_saves(self, step: int) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - any write failure, reported with the path
+            raise self._write_error(step, e) from e
+
+    def _write_error(self, step: int, e: BaseException) -> CheckpointWriteError:
+        try:
+            self.manager.reload()
+        except Exception:  # noqa: BLE001, S110 - the listing below is best effort
+            pass
+        done = [s for s in self.manager.all_steps() if s <= step]
+        return CheckpointWriteError(
+            f"could not write a checkpoint in {self.manager.directory} (near step {step}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. The steps "
+            f"already saved ({', '.join(map(str, sorted(done))) or 'none'}) are intact: free "
+            "space or fix the path, then rerun to resume from the newest one"
+        )
 
     def _log_step(self, step: int, metrics: dict, logger: _Logger) -> dict:
         now = time.perf_counter()
@@ -362,8 +393,11 @@ class _Loop:
     def _maybe_save(self, step: int, state, iterator, eval_metrics) -> None:
         every = int(self.config.checkpoint.every_steps)
         if step % every == 0 or step == self.total or eval_metrics is not None:
-            where = f"{self.manager.directory}/{step}"
-            self.manager.save(step, args=_save_args(state, iterator, where), metrics=eval_metrics)
+            args = _save_args(state, iterator, f"{self.manager.directory}/{step}")
+            try:
+                self.manager.save(step, args=args, metrics=eval_metrics)
+            except Exception as e:  # noqa: BLE001 - a failed (previous async) write, with the path
+                raise self._write_error(step, e) from e
 
 
 def final_params(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
