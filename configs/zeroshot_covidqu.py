@@ -1,5 +1,5 @@
-"""Stage 2 on COVID-QU-Ex chest X-rays (or its phantom layout from `mzs make-phantoms --kind xray`):
-the lungs from a text prompt, one PNG case per image (ids `<class>/<name>`, files `<class>__<name>`).
+"""Stage 2 on COVID-QU-Ex chest X-rays (or the phantom layout of `mzs make-phantoms --kind xray`):
+the lungs from a text prompt, one PNG case per image (id `<class>/<name>`, file `<class>__<name>`).
 
     mzs segment --config configs/zeroshot_covidqu.py --workdir runs/seg_covidqu \
         --config.clip_workdir=runs/clip --config.data.path=DATA/COVID-QU-Ex [--config.data.n=200]

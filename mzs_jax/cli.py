@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"mzs {name}: error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     except (ConfigError, ValueError, OSError) as e:
         # One clear line naming the file or key; the traceback is noise for a user's bad input
         # (OSError: a missing or unwritable path, a full disk - the message names the path).

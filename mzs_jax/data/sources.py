@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 from PIL import Image
 
 T = TypeVar("T")
 
 # Errors that mean "this file is missing, truncated or not what it claims to be".
-FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zlib.error, IndexError)
+FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zlib.error, IndexError, ImageFileError)
 
 
 class BadFileError(ValueError):

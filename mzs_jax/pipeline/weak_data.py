@@ -101,10 +101,11 @@ class SegmentationFolder:
         cid = self.ids[index]
         image = load_image(self.images[cid], self.in_channels)
         mask = read_label_map(self.masks[cid])
+        where = " + ".join(str(p) for p in self.masks[cid])
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"{self.masks[cid]}: mask {mask.shape} vs image {image.shape[:2]}")
+            raise ValueError(f"{where}: mask {mask.shape} vs image {image.shape[:2]}")
         if self.num_classes is not None:
-            check_label_range(mask, self.num_classes, self.masks[cid])
+            check_label_range(mask, self.num_classes, where)
         return {
             "image": resize_image(image, self.size).reshape(self.size, self.size, -1),
             "mask": resize_mask(mask, self.size).astype(np.int32),
