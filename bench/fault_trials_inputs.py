@@ -488,7 +488,7 @@ def config_trials() -> list[Trial]:
         ("phantom_count", "data.path=phantom:abc", ("data.path",)),
         ("data_source", "data.source=pubmed", ("data.source",)),
         ("val_fraction", "data.val_fraction=1.5", ("val_fraction",)),
-        ("num_epochs_0", "num_epochs=0", ("num_epochs",)),
+        ("num_epochs_0", "num_epochs=0 total_steps=-1", ("num_epochs",)),
         ("best_mode", "checkpoint.best_mode=median", ("best_mode",)),
         ("unknown_key", "nope=1", ("nope",)),
         ("nested_unknown_key", "optimizer.nope=1", ("optimizer.nope",)),
@@ -501,7 +501,13 @@ def config_trials() -> list[Trial]:
         ("image_size_mismatch", "data.image_size=100", ("image_size",)),
     ]
     out = [
-        Trial("config", f"clip_{n}", "error", argv=_clip(f"--config.{o}"), names=names)
+        Trial(
+            "config",
+            f"clip_{n}",
+            "error",
+            argv=_clip(*(f"--config.{x}" for x in o.split())),
+            names=names,
+        )
         for n, o, names in bad
     ]
 
@@ -590,13 +596,13 @@ def segment_config_trials() -> list[Trial]:
         (
             "dpfem_batch_0",
             seg("--config.dpfem.enabled=True", "--config.dpfem.batch_size=0"),
-            ("batch_size",),
+            ("config.dpfem.batch_size",),
         ),
         ("clip_workdir_missing", workdir_of(lambda c, d: d / "nowhere", "x"), ("nowhere",)),
         (
             "clip_workdir_is_resunet",
             workdir_of(lambda c, d: S.resunet_workdir(c), "x"),
-            ("resunet", "CLIP"),
+            ("resunet", "not a clip"),
         ),
     ]
     return [Trial("config", f"segment_{n}", "error", argv=a, names=names) for n, a, names in t]

@@ -428,7 +428,7 @@ def export_import_trials() -> list[Trial]:
             "export_resunet_workdir",
             lambda c, d: S.copy(S.resunet_workdir(c), d / "w"),
             _export(),
-            ("resunet", "CLIP"),
+            ("resunet", "not a clip"),
         ),
         ("export_non_finite", nan_w, _export(), ("NaN/inf", "logit_scale")),
         (

@@ -32,7 +32,7 @@ def run_export(args) -> int:
             f"--out {args.out}: the export is one safetensors file; name it *.safetensors"
         )
     progress = Progress(3, "export", unit="step")
-    model, model_config = restore_model(args.workdir)
+    model, model_config = restore_model(args.workdir, kind="clip")
     if model_config.get("name") not in clip_lib.MODEL_NAMES:
         raise ValueError(
             f"{args.workdir}: holds a {model_config.get('name')!r} model, not a CLIP "

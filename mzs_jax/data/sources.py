@@ -128,6 +128,8 @@ def to_unit_float(array: np.ndarray) -> np.ndarray:
 def split_indices(n: int, val_fraction: float, seed: int, split: str) -> np.ndarray:
     """Deterministic train/val split of `range(n)` by a seeded permutation; returns the sorted
     indices of `split` in {'train', 'val', 'all'}."""
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"config.data.val_fraction={val_fraction}: must be in [0, 1)")
     if split == "all":
         return np.arange(n)
     if split not in ("train", "val"):

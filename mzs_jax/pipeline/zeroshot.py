@@ -80,7 +80,7 @@ def load_clip(cfg: ml_collections.ConfigDict):
         raise ValueError(
             "clip_workdir is required: a workdir written by `mzs train-clip` or `mzs import`"
         )
-    model, model_cfg = restore_model(cfg.clip_workdir)
+    model, model_cfg = restore_model(cfg.clip_workdir, kind="clip")
     tok_path = cfg.tokenizer or str(pathlib.Path(cfg.clip_workdir) / "tokenizer")
     return model, load_tokenizer(tok_path, int(model_cfg.text.context_length)), model_cfg
 

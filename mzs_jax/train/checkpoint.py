@@ -339,15 +339,22 @@ def restore_model(
     step: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
     log: Callable[[str], None] | None = None,
+    kind: str | None = None,
 ):
     """`(model, model_config)` from `workdir`: `step` if given and intact, else the newest step
     that reads back and matches its checksums (a failing step is moved aside and logged).
+    `kind` (e.g. "clip"): the model the caller needs; another kind is one clear error.
 
     Raises `integrity.NonFiniteWeightsError` for weights holding NaN/inf: no consumer (export,
     segment, retrieval, prediction) runs on them. `sharding` (default: the first local device)
     places every restored array.
     """
     model_config = read_model_config(workdir)
+    if kind is not None and model_kind(model_config) != kind:
+        raise ValueError(
+            f"{workdir} holds a {model_kind(model_config)} model "
+            f"({model_config.get('name', '?')!r}), not a {kind}"
+        )
     model = abstract_model(model_config)
     graphdef, abstract_state = nnx.split(model)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

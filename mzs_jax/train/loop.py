@@ -166,12 +166,12 @@ def _restore(manager, state, iterator):
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """One clear error naming the key for engine config values that cannot run."""
+def validate_config(config: ml_collections.ConfigDict, config_key: str = "config") -> None:
+    """One clear error naming the key (under `config_key`) for engine values that cannot run."""
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
-            raise ValueError(f"config.{key}={_get(config, key)!r}: {why}")
+            raise ValueError(f"{config_key}.{key}={_get(config, key)!r}: {why}")
 
     for key in ("batch_size", "grad_accum", "checkpoint.every_steps", "checkpoint.keep"):
         value = _get(config, key)
@@ -179,23 +179,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.batch_size % config.grad_accum == 0, "grad_accum", "must divide batch_size")
     need(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"expected {COMPUTE_DTYPES}")
     need(config.checkpoint.best_mode in ("max", "min"), "checkpoint.best_mode", "max | min")
-    need(int(config.total_steps) > 0 or int(config.num_epochs) >= 1, "num_epochs",
-         "must be >= 1 (or set total_steps > 0)")  # fmt: skip
+    epochs_ok = int(config.total_steps) > 0 or int(config.num_epochs) >= 1
+    need(epochs_ok, "num_epochs", "must be >= 1 (or set total_steps > 0)")
     need(int(config.eval_every_epochs) >= 1, "eval_every_epochs", "must be >= 1")
     lr = config.optimizer.lr
-    need(isinstance(lr, int | float) and math.isfinite(lr) and lr >= 0, "optimizer.lr",
-         "must be a finite number >= 0")  # fmt: skip
+    lr_ok = isinstance(lr, int | float) and math.isfinite(lr) and lr >= 0
+    need(lr_ok, "optimizer.lr", "must be a finite number >= 0")
 
 
-def _check_batch_fits_mesh(config, mesh) -> None:
+def _check_batch_fits_mesh(config, mesh, config_key: str) -> None:
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = int(config.batch_size) // int(config.grad_accum)
     if micro % rows:
         raise ValueError(
-            f"config.batch_size={config.batch_size} (micro-batch {micro} with grad_accum="
+            f"{config_key}.batch_size={config.batch_size} (micro-batch {micro} with grad_accum="
             f"{config.grad_accum}) does not split over the {rows} devices of the batch axes "
             f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}): use a multiple of "
-            f"{rows * int(config.grad_accum)}, or a smaller --config.mesh.data"
+            f"{rows * int(config.grad_accum)}, or a smaller --{config_key}.mesh.data"
         )
 
 
@@ -240,18 +240,20 @@ def fit(
     workdir: str | pathlib.Path,
     *,
     name: str = "train",
+    config_key: str = "config",
 ) -> dict[str, Any]:
     """Train `task` per `config` (see `defaults.train_config`), resuming from `workdir/ckpt`.
 
-    Before anything is written, the config is checked (`validate_config`) and, when `workdir`
+    Before anything is written, the config is checked (`validate_config`; errors name keys
+    under `config_key`, e.g. `config.dpfem` for the DPFEM of stage 2) and, when `workdir`
     holds checkpoints, compared with the saved one (`resume.check_resume`).
     Returns the last step's metrics (and the last evaluation's) as floats.
     """
     workdir = pathlib.Path(workdir)
-    validate_config(config)
+    validate_config(config, config_key)
     resume.check_resume(workdir, task.model_config, config, _log)
     mesh = make_mesh(config.mesh)
-    _check_batch_fits_mesh(config, mesh)
+    _check_batch_fits_mesh(config, mesh, config_key)
     bind = getattr(task, "bind_mesh", None)
     if bind is not None:
         bind(mesh)
