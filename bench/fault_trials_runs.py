@@ -445,7 +445,7 @@ def export_import_trials() -> list[Trial]:
         ),
         (
             "import_inf_logit_scale",
-            _sd_file(_set("logit_scale", lambda a: a + np.inf)),
+            _sd_file(_set("logit_scale", lambda a: np.full_like(a, np.inf))),
             _import("w.safetensors"),
             ("logit_scale", "non-finite"),
         ),

@@ -225,11 +225,15 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
         raise IsADirectoryError(f"{path} is a directory; give a file name ending in .safetensors")
     tmp = path.with_name(path.name + ".partial")
     tensors = {k: np.array(v, order="C") for k, v in state_dict.items()}
+    from safetensors import SafetensorError
+
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)  # our own temporary file; `path` is untouched
+        if isinstance(e, SafetensorError):  # e.g. a full disk, reported by the Rust writer
+            raise OSError(f"cannot write {path}: {e}") from e
         raise
 
 

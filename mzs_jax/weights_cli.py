@@ -41,7 +41,10 @@ def run_export(args) -> int:
     progress.update(1, force=True, loaded=str(args.workdir))
     state_dict = convert.to_open_clip(model)
     progress.update(1, force=True, tensors=len(state_dict))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"--out {args.out}: cannot create its folder ({e.strerror})") from e
     convert.save_safetensors(state_dict, args.out)
     progress.close(wrote=str(args.out))
     note = " (metadata context encoder not exported)" if model_config.context.enabled else ""
