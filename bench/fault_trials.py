@@ -1,6 +1,6 @@
 """Fault trials through the CLI, each outcome classified: bad input files of every loader, bad
 config values and keys, interrupted runs, corrupted checkpoints, export/import faults and
-evaluation gaps (the trial list: `bench/fault_trials_inputs.py`, `bench/fault_trials_runs.py`).
+evaluation gaps (the trial lists: `bench/fault_trials_{loaders,inputs,runs,weights}.py`).
 
     python bench/fault_trials.py [--only KIND,...] [--list] [--out trials.md] [--keep DIR]
 
@@ -223,9 +223,12 @@ class Context:
 
 def all_trials() -> list[Trial]:
     import fault_trials_inputs
+    import fault_trials_loaders
     import fault_trials_runs
+    import fault_trials_weights
 
-    return [*fault_trials_inputs.trials(), *fault_trials_runs.trials()]
+    modules = (fault_trials_loaders, fault_trials_inputs, fault_trials_runs, fault_trials_weights)
+    return [t for m in modules for t in m.trials()]
 
 
 def main(argv: list[str] | None = None) -> str:
