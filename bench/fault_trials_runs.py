@@ -13,7 +13,7 @@ import time
 
 import fault_trials_setup as S
 import numpy as np
-from fault_trials import REPO, Result, Trial, in_process, run_cli, subprocess_env
+from fault_trials import REPO, Result, Trial, error_line, in_process, run_cli, subprocess_env
 from faults import CORRUPTIONS
 
 # ----------------------------------------------------------------------------- helpers
@@ -237,8 +237,8 @@ def _other_checkpoint_trials() -> list[Trial]:
               preserve=_whole_workdir),
         Trial("checkpoint", "ckpt_is_a_file", "error", setup=ckpt_file, argv=_train(),
               names=("ckpt",)),
-        Trial("checkpoint", "nan_step", "error", argv=_train(*DIVERGE),
-              names=("non-finite parameters", "ckpt/1,")),
+        Trial("checkpoint", "nan_step", "error", argv=_train(*DIVERGE), check=_all_saved_finite,
+              names=("non-finite", "holds the finite weights of step")),
         Trial("checkpoint", "export_after_nan_step", "recover", setup=_nan_run, argv=_export(),
               check=_finite_export),
         Trial("checkpoint", "full_disk_then_rerun", "recover", run=_full_disk, check=_identical),
@@ -251,6 +251,19 @@ DIVERGE = (
     "--config.optimizer.warmup_steps=4",
     "--config.checkpoint.every_steps=1",
 )
+
+
+def _all_saved_finite(ctx, d, res) -> bool:
+    from flax import nnx
+
+    from mzs_jax.train import checkpoint as ckpt
+    from mzs_jax.train import integrity
+
+    steps = [int(p.name) for p in (d / "w" / "ckpt").iterdir() if p.name.isdigit()]
+    named = f"ckpt/{max(steps)}," in error_line(res)
+    return named and all(
+        integrity.all_finite(nnx.state(ckpt.restore_model(d / "w", step=s)[0])) for s in steps
+    )
 
 
 def _nan_run(ctx, d):

@@ -164,6 +164,8 @@ def make_manager(
     `max_to_keep` newest steps plus, with `best_metric`, the best evaluated one (at most
     `max_to_keep + 1` on disk); async saves."""
     directory = (pathlib.Path(workdir) / CKPT_DIR).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file, not a checkpoint folder: move it away")
     policies = [ocp.checkpoint_managers.LatestN(n=max_to_keep)]
     if best_metric:
         policies.append(

@@ -210,7 +210,7 @@ def _non_finite_error(manager, step: int, loss: float) -> NonFiniteLossError:
     """The error for a step whose loss or updated parameters are not finite."""
     manager.wait_until_finished()
     good = manager.latest_step()
-    what = f"loss ({loss})" if not math.isfinite(loss) else "parameters (NaN/inf) after"
+    what = f"loss ({loss}) at" if not math.isfinite(loss) else "parameters (NaN/inf) after"
     advice = (
         f"The last checkpoint, {manager.directory}/{good}, holds the finite weights of step "
         f"{good} (checked when saved); rerunning resumes there and repeats the same steps, so "
