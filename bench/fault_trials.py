@@ -98,7 +98,7 @@ def run_cli(ctx, argv: list[str], timeout: float = 900) -> Result:
 
 
 def error_line(res: Result) -> str:
-    lines = [x for x in res.err.splitlines() if x.startswith("mzs ") and ": error" in x]
+    lines = [x[x.index("mzs ") :] for x in res.err.splitlines() if "mzs " in x and ": error" in x]
     return lines[-1] if lines else ""
 
 
