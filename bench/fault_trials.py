@@ -102,6 +102,14 @@ def error_line(res: Result) -> str:
     return lines[-1] if lines else ""
 
 
+def _holds(trial: Trial, ctx, d: pathlib.Path, res: Result) -> bool:
+    """The trial's own check of the result; a check that cannot even run counts as failed."""
+    try:
+        return trial.check is None or bool(trial.check(ctx, d, res))
+    except Exception:  # noqa: BLE001 - e.g. no readable checkpoint left to compare
+        return False
+
+
 def classify(trial: Trial, ctx, d: pathlib.Path, res: Result, lost: bool) -> tuple[str, bool]:
     """`(outcome, noisy)` of one trial."""
     line = error_line(res)
@@ -114,10 +122,10 @@ def classify(trial: Trial, ctx, d: pathlib.Path, res: Result, lost: bool) -> tup
     if res.rc == 0:
         if trial.expect == "error":
             return "silent", noisy
-        return ("recovered" if trial.check is None or trial.check(ctx, d, res) else "silent"), noisy
+        return ("recovered" if _holds(trial, ctx, d, res) else "silent"), noisy
     if not line:  # exit != 0 without our error line (argparse's usage error is one)
         line = next((x for x in res.err.splitlines() if ": error:" in x), "")
-    if trial.expect == "error" and trial.check is not None and not trial.check(ctx, d, res):
+    if trial.expect == "error" and not _holds(trial, ctx, d, res):
         return "silent", noisy  # stopped, but did harm first (ran a pickle, left a file)
     named = line and all(n in line for n in trial.names)
     return ("clear" if named else "unclear"), noisy
