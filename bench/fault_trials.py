@@ -9,7 +9,7 @@ Outcomes: `clear` (exit != 0, one `mzs <cmd>: error:` line naming the file or ke
 (exit 0 with a wrong or unreported result), `recovered` (exit 0 and the right result after the
 fault), `lost` (something already written is gone). `noisy`: library log tracebacks printed
 before a clean final error line (counted beside the outcome).
-Not registered in `mzs bench`: about 15 minutes on 2 CPU cores (a few dozen tiny training runs).
+Not registered in `mzs bench`: 4-9 minutes on 2 CPU cores (a few dozen tiny training runs).
 """
 
 from __future__ import annotations
