@@ -51,18 +51,32 @@ def split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def load_config(config_args: list[str]):
-    """Load an ml_collections config file and apply overrides through `config_flags`."""
+    """Load an ml_collections config file and apply overrides through `config_flags`.
+
+    Every error is a `ConfigError` naming the file, or the full dotted key of a bad override."""
     if not config_args:
         return None
     if not any(a.startswith("--config=") for a in config_args):
         raise ConfigError("--config.key=value overrides given without --config FILE.py")
-    from absl import flags
-    from ml_collections import config_flags
-
     path = next(a.split("=", 1)[1] for a in config_args if a.startswith("--config="))
     file_part = path.split(":", 1)[0]
     if not pathlib.Path(file_part).is_file():
         raise ConfigError(f"config file not found: {file_part}")
+    base = _parse_config(path, [f"--config={path}"])
+    for a in config_args:
+        if a.startswith("--config."):
+            _check_key(base, a.split("=", 1)[0].removeprefix("--config."), file_part)
+    return _parse_config(path, config_args)
+
+
+def _parse_config(path: str, config_args: list[str]):
+    from absl import flags
+    from ml_collections import config_flags
+
+    file_part = path.split(":", 1)[0]
+    # config_flags loads every file as module "config_config"; a stale one would lend its
+    # get_config to a file that defines none.
+    sys.modules.pop("config_config", None)
     fv = flags.FlagValues()
     argv = ["mzs", *config_args]
     config_flags.DEFINE_config_file(
@@ -70,9 +84,44 @@ def load_config(config_args: list[str]):
     )
     try:
         fv(argv)
+        return fv.config
     except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-        raise ConfigError(f"bad config {path}: {e}") from e
-    return fv.config
+        text = str(e)
+        if "has no attribute 'get_config'" in text:
+            raise ConfigError(f"{file_part}: defines no get_config(arg=None)") from e
+        if "Error whilst parsing config file" in text:  # get_config raised: keep its last line
+            last = text.strip().splitlines()[-1]
+            raise ConfigError(f"{file_part}: get_config failed: {last}") from e
+        raise ConfigError(f"bad config {path}: {text}") from e
+    except SyntaxError as e:
+        raise ConfigError(f"{file_part}:{e.lineno}: syntax error: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 - whatever get_config raised, named with its file
+        raise ConfigError(f"{file_part}: get_config failed: {type(e).__name__}: {e}") from e
+
+
+def _check_key(config, dotted: str, file_part: str) -> None:
+    """An override must name an existing key: the error gives the full path and the known keys."""
+    import difflib
+
+    import ml_collections
+
+    node, done = config, []
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict):
+            raise ConfigError(
+                f"--config.{dotted}: {'.'.join(done)} is a value, not a group of keys "
+                f"(in {file_part})"
+            )
+        if part not in node:
+            keys = sorted(node.keys())
+            close = difflib.get_close_matches(part, keys, n=1)
+            hint = f"; did you mean {'.'.join([*done, close[0]])}?" if close else ""
+            where = f"under {'.'.join(done)}" if done else "at the top level"
+            raise ConfigError(
+                f"--config.{dotted}: unknown config key {'.'.join([*done, part])!r} in "
+                f"{file_part} (keys {where}: {', '.join(keys)}){hint}"
+            )
+        node, done = node[part], [*done, part]
 
 
 def _resolve(name: str):
@@ -129,8 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(run(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        # One clear line naming the file or key; the traceback is noise for a user's bad input.
+    except KeyboardInterrupt:
+        print(f"mzs {name}: error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ConfigError, ValueError, OSError) as e:
+        # One clear line naming the file or key; the traceback is noise for a user's bad input
+        # (OSError: a missing or unwritable path, a full disk - the message names the path).
         if "MZS_TRACEBACK" in __import__("os").environ:
             raise
         print(f"mzs {name}: error: {type(e).__name__}: {e}", file=sys.stderr)

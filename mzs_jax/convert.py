@@ -156,7 +156,7 @@ def from_open_clip(state_dict: Mapping[str, object], config) -> clip_lib.CLIP:
     covered = set()
     for key, path, kind in rows:
         var = params[path]
-        value = _TO_FLAX[kind](_to_numpy(sd[key]))
+        value = _TO_FLAX[kind](_checked_tensor(key, sd[key]))
         expected = tuple(var.get_value().shape)
         if value.shape != expected:
             torch_shape = _TO_TORCH[kind](np.empty(expected, np.uint8)).shape
@@ -172,6 +172,24 @@ def from_open_clip(state_dict: Mapping[str, object], config) -> clip_lib.CLIP:
     return model
 
 
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _checked_tensor(key: str, value) -> np.ndarray:
+    """A weight must be a floating-point tensor of finite values (no silent int casts, no NaN)."""
+    dtype = str(getattr(value, "dtype", "")).removeprefix("torch.")
+    if dtype not in FLOAT_DTYPES:
+        raise ValueError(
+            f"key {key!r} has dtype {dtype or type(value).__name__}; weights must be floating "
+            f"point ({', '.join(FLOAT_DTYPES)})"
+        )
+    array = _to_numpy(value)
+    if not np.isfinite(array).all():
+        n = int(array.size - np.isfinite(array).sum())
+        raise ValueError(f"key {key!r} holds {n} non-finite value(s) (NaN/inf)")
+    return array
+
+
 def to_open_clip(model: clip_lib.CLIP) -> dict[str, np.ndarray]:
     """Flax `CLIP` → open_clip state dict of float32 numpy arrays (context encoder excluded)."""
     params = flax_params(model)
@@ -180,6 +198,8 @@ def to_open_clip(model: clip_lib.CLIP) -> dict[str, np.ndarray]:
     out = {}
     for key, path, kind in rows:
         value = np.asarray(params[path].get_value(), dtype=np.float32)
+        if not np.isfinite(value).all():
+            raise ValueError(f"parameter {path} ({key}) holds NaN/inf; refusing to export it")
         out[key] = np.array(_TO_TORCH[kind](value), order="C")  # keeps 0-d arrays 0-d
     return out
 
@@ -217,10 +237,20 @@ def save_safetensors(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
     from safetensors.numpy import save_file
 
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a file name ending in .safetensors")
     tmp = path.with_name(path.name + ".partial")
     tensors = {k: np.array(v, order="C") for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    from safetensors import SafetensorError
+
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # our own temporary file; `path` is untouched
+        if isinstance(e, SafetensorError):  # e.g. a full disk, reported by the Rust writer
+            raise OSError(f"cannot write {path}: {e}") from e
+        raise
 
 
 TORCH_SUFFIXES = (".bin", ".pt", ".pth")

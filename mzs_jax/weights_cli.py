@@ -27,10 +27,12 @@ def run_export(args) -> int:
 
     if args.workdir is None:
         raise ValueError("--workdir is required (the checkpoint to export)")
-    if args.out.suffix != ".safetensors":
-        raise ValueError(f"--out {args.out}: the export is safetensors; name it *.safetensors")
+    if args.out.suffix != ".safetensors" or args.out.is_dir():
+        raise ValueError(
+            f"--out {args.out}: the export is one safetensors file; name it *.safetensors"
+        )
     progress = Progress(3, "export", unit="step")
-    model, model_config = restore_model(args.workdir)
+    model, model_config = restore_model(args.workdir, kind="clip")
     if model_config.get("name") not in clip_lib.MODEL_NAMES:
         raise ValueError(
             f"{args.workdir}: holds a {model_config.get('name')!r} model, not a CLIP "
@@ -39,7 +41,10 @@ def run_export(args) -> int:
     progress.update(1, force=True, loaded=str(args.workdir))
     state_dict = convert.to_open_clip(model)
     progress.update(1, force=True, tensors=len(state_dict))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"--out {args.out}: cannot create its folder ({e.strerror})") from e
     convert.save_safetensors(state_dict, args.out)
     progress.close(wrote=str(args.out))
     note = (

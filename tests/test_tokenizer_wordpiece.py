@@ -1,5 +1,6 @@
 """Tokenizer: an offline WordPiece vocabulary gives the same ids through ours and open_clip's."""
 
+import pathlib
 import shutil
 
 import numpy as np
@@ -74,3 +75,53 @@ def test_missing_offline_vocabulary_error_names_what_was_tried(tmp_path):
 def test_empty_corpus_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="non-empty"):
         tok_lib.build_wordpiece_tokenizer(["   ", ""], tmp_path / "v")
+
+
+_BUILD = """
+import sys
+from mzs_jax.data import phantom, tokenizer
+caps = [s["caption"] for s in phantom.generate_captions(300, seed=0)]
+tokenizer.build_wordpiece_tokenizer(caps, sys.argv[1], vocab_size=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("vocab_size", [120, 1024])
+def test_building_twice_in_fresh_processes_gives_identical_files(tmp_path, vocab_size):
+    """Same captions -> same vocabulary, byte for byte (hash seeds differ between processes)."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"tok{seed}"
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        subprocess.run(
+            [sys.executable, "-c", _BUILD, str(out), str(vocab_size)],
+            env=env,
+            cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's mzs_jax
+            check=True,
+            timeout=300,
+        )
+        outs.append(out)
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir())
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    tok = tok_lib.load_tokenizer(outs[0], 64)
+    assert tok.vocab_size <= max(vocab_size, 120)
+
+
+def test_train_vocab_merges_the_most_frequent_pair_and_breaks_ties_by_the_tokens():
+    from collections import Counter
+
+    from mzs_jax.data import wordpiece
+
+    counts = Counter({"abab": 3, "ba": 1, "cd": 1})
+    vocab = wordpiece.train_vocab(counts, 100, ["[UNK]"])
+    # the alphabet sorted; then three pairs occur 3 times each ("a ##b ##a ##b" x 3): the tie
+    # goes to the smallest pair, ("##a", "##b")
+    assert vocab[:9] == ["[UNK]", "a", "b", "c", "d", "##a", "##b", "##c", "##d"]
+    assert vocab[9] == "##ab" and "abab" in vocab and vocab.index("abab") > 9
+    assert vocab == wordpiece.train_vocab(Counter(dict(reversed(counts.items()))), 100, ["[UNK]"])
+    assert len(wordpiece.train_vocab(counts, 10, ["[UNK]"])) == 10

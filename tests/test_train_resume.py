@@ -1,4 +1,4 @@
-"""Resume: kill -9 then rerun gives bit-identical params; corrupt checkpoints are skipped."""
+"""Resume: kill -9 then rerun gives bit-identical params; corrupt checkpoints are moved aside."""
 
 import json
 import os
@@ -85,13 +85,12 @@ def test_corrupted_latest_checkpoint_is_reported_and_previous_used(tmp_path, cap
     good = final_params(tmp_path)
     _corrupt(tmp_path / "ckpt" / "8")
     capsys.readouterr()
-    model, _ = ckpt.restore_model(tmp_path)  # falls back to step 6
+    model, _ = ckpt.restore_model(tmp_path)  # falls back to step 6, moving 8 aside
     err = capsys.readouterr().err
-    assert "ckpt/8 is unreadable" in err
+    assert "ckpt/8 is unreadable" in err and (tmp_path / "ckpt_rejected" / "8").is_dir()
     assert not np.array_equal(np.asarray(model.l1.kernel[...]), good["l1.kernel"])
     fit(ToyTask(), cfg, tmp_path)  # resumes from 6, redoes 7-8
     out = capsys.readouterr()
-    assert "ckpt/8 is unreadable" in out.out + out.err
     assert "resumed from" in out.out and "/6" in out.out
     redone = final_params(tmp_path)
     for k in good:
@@ -104,7 +103,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     )
     cfg.optimizer.lr = 1e6  # diverges within a few steps
     cfg.optimizer.name = "sgd"
-    with pytest.raises(ValueError, match="non-finite loss .* Last good checkpoint"):
+    with pytest.raises(
+        ValueError, match="non-finite .* The last checkpoint, .* holds the finite weights"
+    ):
         fit(ToyTask(), cfg, tmp_path)
     params = final_params(tmp_path)
     assert all(np.isfinite(v).all() for v in params.values())

@@ -27,9 +27,9 @@ ckpt.register_model("toynet", ToyNet)
 
 
 class ToyTask:
-    def __init__(self, n: int = 64, dropout: float = 0.0):
+    def __init__(self, n: int = 64, dropout: float = 0.0, hidden: int = 16):
         self.model_config = ml_collections.ConfigDict(
-            {"kind": "toynet", "d_in": 8, "hidden": 16, "dropout": dropout}
+            {"kind": "toynet", "d_in": 8, "hidden": hidden, "dropout": dropout}
         )
         rs = np.random.RandomState(0)
         self.x = rs.randn(n, 8).astype(np.float32)

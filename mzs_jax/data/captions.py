@@ -77,9 +77,26 @@ def _find_image(folder: pathlib.Path, name: str) -> pathlib.Path:
     return folder / f"{name}.jpg"
 
 
-def _rows_from_csv(path: pathlib.Path):
-    with open(path, newline="", encoding="utf-8") as f:
-        yield from enumerate(csv.DictReader(f), start=2)
+def _rows_from_csv(path: pathlib.Path) -> list[tuple[int, dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(enumerate(csv.DictReader(f), start=2))
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from e
+    except csv.Error as e:
+        raise bad(path, f"not a readable CSV ({e})") from e
+
+
+def _read_text(path: pathlib.Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from e
+
+
+def _not_utf8(path: pathlib.Path, e: UnicodeDecodeError):
+    byte = e.object[e.start]
+    return bad(path, f"not UTF-8 text (byte 0x{byte:02x} at offset {e.start}); save it as UTF-8")
 
 
 def read_roco_folder(folder: pathlib.Path) -> list[CaptionRecord]:
@@ -105,7 +122,7 @@ def read_roco_folder(folder: pathlib.Path) -> list[CaptionRecord]:
     txt = folder / "captions.txt"
     if not txt.is_file():
         raise FileNotFoundError(f"{folder}: no captions.csv, *data.csv or captions.txt")
-    for i, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(_read_text(txt).splitlines(), start=1):
         if not line.strip():
             continue
         rid, _, caption = line.partition("\t")
@@ -119,20 +136,30 @@ def read_medpix_index(index: pathlib.Path) -> list[CaptionRecord]:
     image paths are relative to the index file's folder (or its `images/`)."""
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no such file")
-    text = index.read_text(encoding="utf-8")
+    text = _read_text(index)
     if index.suffix.lower() == ".csv":
-        rows = list(_rows_from_csv(index))
+        rows = _rows_from_csv(index)
     elif index.suffix.lower() == ".jsonl":
-        lines = enumerate(text.splitlines(), 1)
-        rows = [(i, json.loads(line)) for i, line in lines if line.strip()]
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            try:
+                rows += [(i, json.loads(line))] if line.strip() else []
+            except json.JSONDecodeError as e:
+                raise bad(index, f"line {i}: invalid JSON ({e})") from e
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise bad(index, f"invalid JSON ({e})") from e
+        if not isinstance(data, list | dict):
+            raise bad(
+                index, f"expected a JSON list (or {{'items': [...]}}), got {type(data).__name__}"
+            )
         rows = list(enumerate(data if isinstance(data, list) else data.get("items", []), 1))
     records = []
     for i, row in rows:
+        if not isinstance(row, dict):
+            raise bad(index, f"entry {i} is a {type(row).__name__}, not an object")
         name = _first(row, ("image", "filename", "file_name", "name", "image_path"))
         if name is None:
             raise bad(index, f"entry {i} has no image/filename field")

@@ -49,6 +49,8 @@ def make(
         raise ValueError(f"--n must be >= 1, got {n}")
     if size < 32:
         raise ValueError(f"--size must be >= 32 pixels, got {size}")
+    if slices is not None and slices < 1:
+        raise ValueError(f"--slices must be >= 1, got {slices}")
     out.mkdir(parents=True, exist_ok=True)
     bar = Progress(n, f"make-phantoms {kind}", enabled=progress)
     if kind == "captions":
@@ -58,9 +60,9 @@ def make(
             out, phantom.generate_xray(n, seed, size), seed, tick=bar.update
         )
     elif kind == "mri":
-        phantom_formats.write_acdc(out, n, seed, size, slices or 8, tick=bar.update)
+        phantom_formats.write_acdc(out, n, seed, size, slices or 8, tick=bar.update)  # None: 8
     elif kind == "ct":
-        phantom_formats.write_synapse(out, n, seed, size, slices or 12, tick=bar.update)
+        phantom_formats.write_synapse(out, n, seed, size, slices or 12, tick=bar.update)  # None: 12
     else:
         raise ValueError(f"--kind must be one of {sorted(FORMAT_OF_KIND)}, got {kind!r}")
     return out

@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 from PIL import Image
 
 T = TypeVar("T")
 
 # Errors that mean "this file is missing, truncated or not what it claims to be".
-FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zlib.error, IndexError)
+FILE_ERRORS = (OSError, ValueError, KeyError, EOFError, zlib.error, IndexError, ImageFileError)
 
 
 class BadFileError(ValueError):
@@ -127,6 +128,8 @@ def to_unit_float(array: np.ndarray) -> np.ndarray:
 def split_indices(n: int, val_fraction: float, seed: int, split: str) -> np.ndarray:
     """Deterministic train/val split of `range(n)` by a seeded permutation; returns the sorted
     indices of `split` in {'train', 'val', 'all'}."""
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"config.data.val_fraction={val_fraction}: must be in [0, 1)")
     if split == "all":
         return np.arange(n)
     if split not in ("train", "val"):

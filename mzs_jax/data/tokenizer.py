@@ -120,24 +120,23 @@ def build_wordpiece_tokenizer(
 
     Used for phantom captions, whose words PubMedBERT is not needed for. `vocab_size` is an upper
     bound (a small corpus yields fewer tokens); keep it ≤ the text tower's `text.vocab_size`.
-    Not reproducible across builds: the tokenizers trainer numbers `##` sub-words in hash-map
-    order, and those ids break merge ties (huggingface/tokenizers#1794, fix pending in #2066).
-    Build once and keep the directory: `mzs train-clip` saves it into its workdir.
+    Deterministic: the vocabulary comes from `wordpiece.train_vocab` (ties broken by the tokens,
+    not by hash-map order as in the tokenizers trainer, huggingface/tokenizers#1794), so the same
+    texts give the same files, byte for byte.
     """
-    from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
+
+    from mzs_jax.data import wordpiece
 
     texts = [clean_text(t) for t in texts]
     if not any(texts):
         raise ValueError("build_wordpiece_tokenizer needs at least one non-empty text")
+    tokens = wordpiece.train_vocab(wordpiece.count_words(texts), vocab_size, SPECIAL_TOKENS)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wp = BertWordPieceTokenizer(lowercase=True, clean_text=True, strip_accents=True)
-    wp.train_from_iterator(
-        texts, vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS)
-    )
-    wp.save_model(str(out_dir))  # vocab.txt, for tools that read a plain BERT vocabulary
     # transformers 5 takes the vocabulary itself (`vocab=`); `vocab_file=` is silently ignored.
-    hf = BertTokenizerFast(vocab=wp.get_vocab(), do_lower_case=True)
+    hf = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
     hf.save_pretrained(str(out_dir))
+    # vocab.txt (id order), for tools that read a plain BERT vocabulary.
+    (out_dir / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
     return out_dir

@@ -98,7 +98,9 @@ def train_dpfem(
     """Train DPFEM on `examples` with `loop.fit` (Orbax checkpoints in `workdir`, resumable)."""
     from mzs_jax.train.loop import fit
 
-    return fit(DPFEMTask(examples, config), config, workdir, name="dpfem")
+    return fit(
+        DPFEMTask(examples, config), config, workdir, name="dpfem", config_key="config.dpfem"
+    )
 
 
 def refine_saliency(

@@ -15,6 +15,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mzs_jax.pipeline.mask_files import (
+    find_cases,
+    load_array,
+    soft_map_path,
+)
 from mzs_jax.pipeline.metrics import (
     NSD_TOLERANCE,
     auc,
@@ -37,6 +42,8 @@ __all__ = [
     "paired_ttest",
     "summarize",
     "evaluate_dirs",
+    "find_cases",
+    "load_array",
     "read_csv",
     "write_csv",
 ]
@@ -62,6 +69,10 @@ CSV_FIELDS = (
     "note",
 )
 CLASS_MEAN = "mean"  # the `class` label of the per-case mean over foreground classes
+# A ground-truth case without a prediction: `--missing=error` (default) | `zero` | `skip`.
+MISSING = ("error", "zero", "skip")
+MISSING_ZERO_NOTE = "missing_pred_as_empty"  # --missing=zero: scored as an empty mask
+SKIPPED_NOTE = "skipped_no_pred"  # --missing=skip: a row with NaN metrics, counted in n_skipped
 
 
 # ----------------------------------------------------------------------------- CSV rows
@@ -142,6 +153,7 @@ def with_class_mean(rows: list[dict]) -> list[dict]:
     out = [r for r in rows if r["class"] != CLASS_MEAN]
     for (m, d, s, c), rs in groups.items():
         mean = {k: _nanmean([r.get(k, float("nan")) for r in rs]) for k in METRICS}
+        skipped = all(_skipped(r) for r in rs)
         out.append(
             {
                 "method": m,
@@ -153,10 +165,14 @@ def with_class_mean(rows: list[dict]) -> list[dict]:
                 "nsd_tol": rs[0].get("nsd_tol", ""),
                 "pred_voxels": "",
                 "gt_voxels": "",
-                "note": "",
+                "note": SKIPPED_NOTE if skipped else "",
             }
         )
     return out
+
+
+def _skipped(row: dict) -> bool:
+    return SKIPPED_NOTE in (row.get("note") or "")
 
 
 def _std(a: np.ndarray) -> float:
@@ -173,6 +189,7 @@ SUMMARY_FIELDS = (
     "class",
     "metric",
     "n_cases",
+    "n_skipped",
     "n_seeds",
     "n_nan",
     "n_both_empty",
@@ -189,13 +206,16 @@ def summarize(rows: list[dict]) -> list[dict]:
     - `case_mean ± case_std`: across cases of the per-case value averaged over seeds.
     - `seed_mean ± seed_std`: across seeds of each seed's mean over cases (the paper's
       "mean ± std over three independent runs"). Std is the sample std (ddof=1).
-    NaN values (undefined AUC) are excluded and counted in `n_nan`.
+    NaN values (undefined AUC) are excluded and counted in `n_nan`; cases left out by
+    `--missing=skip` are not in `n_cases` but counted in `n_skipped` (per case and seed).
     """
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["dataset"], r["class"])].append(r)
     out = []
-    for (m, d, c), rs in groups.items():
+    for (m, d, c), all_rows in groups.items():
+        rs = [r for r in all_rows if not _skipped(r)]
+        n_skipped = len({(r["case"], r["seed"]) for r in all_rows if _skipped(r)})
         both_empty = sum("both_empty" in (r.get("note") or "") for r in rs)
         for k in METRICS:
             per_case: dict[str, list[float]] = defaultdict(list)
@@ -214,6 +234,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "class": c,
                     "metric": k,
                     "n_cases": len(per_case),
+                    "n_skipped": n_skipped,
                     "n_seeds": len(per_seed),
                     "n_nan": int(sum(math.isnan(r.get(k, float("nan"))) for r in rs)),
                     "n_both_empty": both_empty,
@@ -238,77 +259,29 @@ def write_summary(summary: list[dict], path: str | pathlib.Path) -> None:
 
 # ----------------------------------------------------------------------------- files and CLI
 
-MASK_EXTS = (".png", ".nii.gz", ".nii", ".npy")
-SOFT_SUFFIX = "_prob"  # `<id>_prob.npy` / `<id>_prob.nii.gz`: the soft map of case <id>
+
+def check_labels(arr: np.ndarray, classes: Sequence[int], path) -> None:
+    """A label map may hold only 0 (background) and `classes`; anything else names the file."""
+    extra = sorted(set(np.unique(arr).tolist()) - {0, *map(int, classes)})
+    if extra:
+        raise ValueError(
+            f"{path}: labels {extra[:8]} are outside the classes {sorted(map(int, classes))} "
+            "(and background 0); give --classes with every label, or fix the mask"
+        )
 
 
-def _split_ext(path: pathlib.Path) -> tuple[str, str]:
-    name = path.name
-    for ext in MASK_EXTS:
-        if name.endswith(ext):
-            return name[: -len(ext)], ext
-    return name, ""
-
-
-def load_array(path: str | pathlib.Path, *, labels: bool) -> np.ndarray:
-    """A mask (`labels=True`: integer label map; 2D PNGs with values {0, 255} become {0, 1}) or a
-    soft map (float) from PNG, NIfTI or .npy. Errors name the file."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"not found: {path}")
-    _, ext = _split_ext(path)
-    try:
-        if ext == ".png":
-            from PIL import Image
-
-            arr = np.asarray(Image.open(path))
-            if arr.ndim == 3:
-                if not (arr[..., :3] == arr[..., :1]).all():
-                    raise ValueError("a colour PNG is not a label map")
-                arr = arr[..., 0]
-            if labels and arr.max(initial=0) == 255 and np.isin(arr, (0, 255)).all():
-                arr = arr // 255
-        elif ext in (".nii", ".nii.gz"):
-            import nibabel as nib
-
-            arr = np.asarray(nib.load(str(path)).dataobj)
-        elif ext == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            raise ValueError(f"unsupported extension (expected one of {MASK_EXTS})")
-    except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
-    if labels:
-        if not np.allclose(arr, np.round(arr)):
-            raise ValueError(f"{path}: a label map must hold integers")
-        return np.round(arr).astype(np.int32)
-    return arr.astype(np.float32)
-
-
-def find_cases(directory: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """`{case_id: mask_path}` for every mask file in a directory (soft maps excluded)."""
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"directory not found: {directory}")
-    cases = {}
-    for p in sorted(directory.iterdir()):
-        stem, ext = _split_ext(p)
-        if ext and not stem.endswith(SOFT_SUFFIX):
-            if stem in cases:
-                raise ValueError(f"{directory}: case {stem!r} has two mask files")
-            cases[stem] = p
-    if not cases:
-        raise ValueError(f"{directory}: no mask files ({', '.join(MASK_EXTS)})")
-    return cases
-
-
-def _soft_map_path(pred_path: pathlib.Path) -> pathlib.Path | None:
-    stem, _ = _split_ext(pred_path)
-    for ext in (".npy", ".nii.gz", ".nii"):
-        p = pred_path.with_name(stem + SOFT_SUFFIX + ext)
-        if p.is_file():
-            return p
-    return None
+def _missing_predictions(preds, gts, pred_dir, missing: str) -> list[str]:
+    if missing not in MISSING:
+        raise ValueError(f"--missing={missing!r}: expected one of {', '.join(MISSING)}")
+    no_pred = sorted(set(gts) - set(preds))
+    if no_pred and missing == "error":
+        raise FileNotFoundError(
+            f"{pred_dir}: no prediction for {len(no_pred)} of {len(gts)} ground-truth cases "
+            f"{no_pred[:5]}; a method that writes nothing for hard cases would look better. "
+            "Pass --missing=zero to score them as empty masks, or --missing=skip to leave them "
+            "out (counted as skipped in the summary)"
+        )
+    return no_pred
 
 
 def evaluate_dirs(
@@ -322,40 +295,68 @@ def evaluate_dirs(
     class_names: dict[int, str] | None = None,
     tolerance: float = NSD_TOLERANCE,
     spacing: Sequence[float] | None = None,
+    missing: str = "error",
 ) -> list[dict]:
-    """Per-case, per-class rows for every prediction in `pred_dir` against `gt_dir/<id>.*`.
+    """Per-case, per-class rows for every ground truth in `gt_dir` against `pred_dir/<id>.*`.
 
     One file is one case: a 2D image (slice-wise datasets) or a 3D volume (volume-wise ACDC /
-    Synapse). `classes` defaults to the sorted non-zero labels found in the ground truth.
-    NSD (at `tolerance`) and HD95 are in mm with NIfTI spacing (`case_spacing`), in pixels
-    otherwise; `spacing` overrides the files' (e.g. for .npy volumes).
+    Synapse). `classes` defaults to the sorted non-zero labels found in the ground truth; labels
+    outside `classes` are errors. A case without a prediction is an error (`missing="error"`),
+    scored as an empty mask (`"zero"`), or written with NaN metrics and note `skipped_no_pred`
+    (`"skip"`, counted in the summary's `n_skipped`). NSD (at `tolerance`) and HD95 are in mm
+    with NIfTI spacing (`case_spacing`), in pixels otherwise; `spacing` overrides the files'.
     """
     from mzs_jax.progress import Progress
 
     preds, gts = find_cases(pred_dir), find_cases(gt_dir)
-    missing = sorted(set(preds) - set(gts))
-    if missing:
-        raise FileNotFoundError(f"{gt_dir}: no ground truth for cases {missing[:5]}")
-    gt_arrays = {cid: load_array(gts[cid], labels=True) for cid in preds}
+    no_gt = sorted(set(preds) - set(gts))
+    if no_gt:
+        raise FileNotFoundError(f"{gt_dir}: no ground truth for cases {no_gt[:5]}")
+    no_pred = set(_missing_predictions(preds, gts, pred_dir, missing))
+    gt_arrays = {cid: load_array(gts[cid], labels=True) for cid in sorted(gts)}
     if classes is None:
         classes = sorted({int(v) for a in gt_arrays.values() for v in np.unique(a)} - {0}) or [1]
-    rows, prog = [], Progress(len(preds), f"evaluate {method}", unit="case")
-    for cid, ppath in preds.items():
-        pred = load_array(ppath, labels=True)
-        soft_path = _soft_map_path(ppath)
-        soft = None if soft_path is None else load_array(soft_path, labels=False)
-        try:
-            sp = case_spacing(ppath, gts[cid], spacing)
-            per_class = multiclass_case_metrics(
-                pred, gt_arrays[cid], classes, soft, spacing=sp, tolerance=tolerance
-            )
-        except ValueError as e:
-            raise ValueError(f"case {cid} ({ppath} vs {gts[cid]}): {e}") from e
+    rows, prog = [], Progress(len(gts), f"evaluate {method}", unit="case")
+    for cid, gt in gt_arrays.items():
+        check_labels(gt, classes, gts[cid])
+        per_class = _case_rows(
+            cid, preds.get(cid), gt, gts[cid], classes, missing, tolerance, spacing
+        )
         rows += make_rows(
             per_class, method=method, dataset=dataset, seed=seed, case=cid, class_names=class_names
         )
         prog.update(1)
+    if no_pred:
+        print(
+            f"evaluate {method}: {len(no_pred)} case(s) without a prediction (--missing={missing})"
+        )
     return rows
+
+
+def _case_rows(cid, ppath, gt, gt_path, classes, missing, tolerance, spacing) -> dict[int, dict]:
+    if ppath is None and missing == "skip":
+        nan = float("nan")
+        skipped = {k: nan for k in METRICS}
+        skipped.update(pred_voxels="", note=SKIPPED_NOTE, nsd_tol=tolerance)
+        return {c: {**skipped, "gt_voxels": int((gt == c).sum())} for c in classes}
+    if ppath is None:  # missing == "zero"
+        pred, soft = np.zeros_like(gt), None
+    else:
+        pred = load_array(ppath, labels=True)
+        check_labels(pred, classes, ppath)
+        soft_path = soft_map_path(ppath)
+        soft = None if soft_path is None else load_array(soft_path, labels=False)
+    try:
+        sp = case_spacing(ppath or gt_path, gt_path, spacing)
+        per_class = multiclass_case_metrics(
+            pred, gt, classes, soft, spacing=sp, tolerance=tolerance
+        )
+    except ValueError as e:
+        raise ValueError(f"case {cid} ({ppath} vs {gt_path}): {e}") from e
+    if ppath is None:
+        for m in per_class.values():
+            m["note"] = ";".join(n for n in (m.get("note", ""), MISSING_ZERO_NOTE) if n)
+    return per_class
 
 
 def parse_classes(spec: str | None) -> tuple[list[int] | None, dict[int, str]]:
@@ -379,6 +380,27 @@ def format_ttest(t: TTest, method_a: str, method_b: str, scope: str) -> str:
         f"{scope} {t.metric}: {method_a} {t.mean_a:.4f} vs {method_b} {t.mean_b:.4f} "
         f"(n={t.n}) t={t.statistic:.3f} p={t.pvalue:.4g}"
     )
+
+
+def compare(rows: list[dict], a: str, b: str, *, source) -> None:
+    """Print the paired t-test of methods `a` vs `b` per dataset and metric; a method absent
+    from `rows` is an error (not a NaN line)."""
+    methods = sorted({r["method"] for r in rows})
+    unknown = [m for m in (a, b) if m not in methods]
+    if unknown:
+        raise ValueError(
+            f"--compare: no rows for method(s) {unknown} in {source}; its methods: {methods}"
+        )
+    if a == b:
+        raise ValueError(f"--compare: give two different methods, got {a!r} twice")
+    for d in sorted({r["dataset"] for r in rows}):
+        present = {r["method"] for r in rows if r["dataset"] == d}
+        if not {a, b} <= present:
+            print(f"[{d}] not compared: only {sorted(present & {a, b})} has rows for this dataset")
+            continue
+        for k in METRICS:
+            t = paired_ttest(rows, a, b, k, dataset=d, class_=CLASS_MEAN)
+            print(format_ttest(t, a, b, f"[{d}]") + ("  (fewer than 2 pairs)" if t.n < 2 else ""))
 
 
 def add_arguments(parser) -> None:
@@ -413,6 +435,13 @@ def add_arguments(parser) -> None:
         help="paired t-test of method A vs B on the CSV's shared cases",
     )
     parser.add_argument("--report", type=pathlib.Path, help="render a report into this folder")
+    parser.add_argument(
+        "--missing",
+        choices=MISSING,
+        default="error",
+        help="a GT case without a prediction: error (default); zero = scored as an empty mask; "
+        "skip = left out, counted as skipped in the summary",
+    )
 
 
 def run(args) -> int:
@@ -433,6 +462,7 @@ def run(args) -> int:
             class_names=names,
             tolerance=args.nsd_tolerance,
             spacing=parse_spacing(args.spacing),
+            missing=args.missing,
         )
         write_csv(rows, out, append=args.append)
         print(f"wrote {len(rows)} rows to {out}")
@@ -444,16 +474,12 @@ def run(args) -> int:
         print(
             f"{s['method']:>16} {s['dataset']:>10} {s['class']:>8} {s['metric']:>5}: "
             f"cases {s['case_mean']:.4f} ± {s['case_std']:.4f} (n={s['n_cases']}, "
-            f"NaN {s['n_nan']})  seeds {s['seed_mean']:.4f} ± {s['seed_std']:.4f} "
-            f"(n={s['n_seeds']})"
+            f"skipped {s['n_skipped']}, NaN {s['n_nan']})  "
+            f"seeds {s['seed_mean']:.4f} ± {s['seed_std']:.4f} (n={s['n_seeds']})"
         )
     print(f"wrote {summary_path}")
     if args.compare:
-        a, b = args.compare
-        for d in sorted({r["dataset"] for r in rows}):
-            for k in METRICS:
-                t = paired_ttest(rows, a, b, k, dataset=d, class_=CLASS_MEAN)
-                print(format_ttest(t, a, b, f"[{d}]"))
+        compare(rows, *args.compare, source=out)
     if args.report:
         from mzs_jax.pipeline import report
 

@@ -17,105 +17,33 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mzs_jax.data.transforms import PairedAugment, resize_image, resize_mask
+from mzs_jax.data.transforms import PairedAugment, resize_image
 from mzs_jax.models import resunet
-from mzs_jax.pipeline.evaluate import find_cases, load_array
+from mzs_jax.pipeline.evaluate import find_cases
 from mzs_jax.pipeline.metrics import dice, nanmean
+from mzs_jax.pipeline.weak_data import (
+    SegmentationFolder,
+    images_with_masks,
+    load_image,
+    per_class_masks,
+    read_label_map,
+    split_ids,
+)
 from mzs_jax.train.step import with_compute_dtype
 
-
-def load_image(path: pathlib.Path, in_channels: int) -> np.ndarray:
-    """An image file as float32 `(H, W, C)` in [0, 1] (uint8 PNGs divided by 255)."""
-    arr = load_array(path, labels=False)
-    if path.suffix == ".png":
-        arr = arr / 255.0
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{path}: image shape {arr.shape} is not (H, W[, C])")
-    arr = arr[..., :3]
-    if arr.shape[-1] != in_channels:
-        arr = arr.mean(-1, keepdims=True) if in_channels == 1 else np.repeat(arr, 3, -1)
-    return arr.astype(np.float32)
-
-
-def per_class_masks(masks_dir, mask_classes=()) -> dict[str, list[pathlib.Path]]:
-    """`{id: [paths]}`: one label map `<id>.*` per case, or, with `mask_classes` (the slugs `mzs
-    segment` writes, in label order 1, 2, ...), the binary masks `<id>_<slug>.png` of each class."""
-    files = find_cases(masks_dir)
-    if not mask_classes:
-        return {cid: [p] for cid, p in files.items()}
-    out: dict[str, list] = {}
-    for label, slug in enumerate(mask_classes):
-        for stem, p in files.items():
-            if stem.endswith(f"_{slug}"):
-                out.setdefault(stem[: -len(slug) - 1], [None] * len(mask_classes))[label] = p
-    incomplete = sorted(cid for cid, ps in out.items() if None in ps)
-    if incomplete or not out:
-        raise FileNotFoundError(
-            f"{masks_dir}: cases {incomplete[:5]} lack a mask for one of {list(mask_classes)}"
-            if incomplete
-            else f"{masks_dir}: no <id>_<class>.png for classes {list(mask_classes)}"
-        )
-    return out
-
-
-def read_label_map(paths: list[pathlib.Path]) -> np.ndarray:
-    """One label map, or per-class binary masks stacked into labels 1..K (later classes win)."""
-    if len(paths) == 1:
-        return load_array(paths[0], labels=True)
-    out = None
-    for label, p in enumerate(paths, start=1):
-        m = load_array(p, labels=True) > 0
-        out = np.zeros(m.shape, np.int32) if out is None else out
-        if m.shape != out.shape:
-            raise ValueError(f"{p}: mask shape {m.shape} differs from {out.shape}")
-        out[m] = label
-    return out
-
-
-class SegmentationFolder:
-    """grain random-access source over `images/<id>.*` with label maps `masks/<id>.*` (the
-    pseudo-masks written by `mzs segment`, or ground truth). Yields `{"image": (S, S, C) f32,
-    "mask": (S, S) int32}` resized to `size`; `ids` selects and orders the cases."""
-
-    def __init__(
-        self, images_dir, masks_dir, *, size: int, in_channels: int, ids=None, mask_classes=()
-    ):
-        self.images = find_cases(images_dir)
-        self.mask_classes = tuple(mask_classes)
-        self.masks = per_class_masks(masks_dir, self.mask_classes)
-        self.ids = sorted(self.masks) if ids is None else list(ids)
-        missing = [i for i in self.ids if i not in self.images or i not in self.masks]
-        if missing:
-            raise FileNotFoundError(
-                f"{images_dir} / {masks_dir}: no image or mask for cases {missing[:5]}"
-            )
-        self.size, self.in_channels = int(size), int(in_channels)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict:
-        cid = self.ids[index]
-        image = load_image(self.images[cid], self.in_channels)
-        mask = read_label_map(self.masks[cid])
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"{self.masks[cid]}: mask {mask.shape} vs image {image.shape[:2]}")
-        return {
-            "image": resize_image(image, self.size).reshape(self.size, self.size, -1),
-            "mask": resize_mask(mask, self.size).astype(np.int32),
-        }
-
-
-def split_ids(ids: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic held-out split: (train, val)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"config.data.val_fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n_val = int(round(val_fraction * len(ids)))
-    val = sorted(ids[i] for i in order[:n_val])
-    return sorted(set(ids) - set(val)), val
+# The data side lives in weak_data; these names stay importable from here.
+__all__ = [
+    "SegmentationFolder",
+    "WeakTask",
+    "default_config",
+    "load_image",
+    "per_class_masks",
+    "predict",
+    "predict_folder",
+    "read_label_map",
+    "split_ids",
+    "train",
+]
 
 
 @nnx.jit
@@ -156,26 +84,15 @@ class WeakTask:
             **config.model.overrides.to_dict(),
         )
         classes = tuple(d.pseudo_classes)
-        all_ids = sorted(per_class_masks(d.pseudo_masks, classes))
+        all_ids = images_with_masks(
+            d.images, per_class_masks(d.pseudo_masks, classes), d.missing_masks, "pseudo-mask"
+        )
         self.train_ids, held_out = split_ids(all_ids, float(d.val_fraction), int(d.split_seed))
-        kw = dict(size=d.image_size, in_channels=d.in_channels)
+        kw = dict(size=d.image_size, in_channels=d.in_channels, num_classes=d.num_classes)
         self.train_source = SegmentationFolder(
             d.images, d.pseudo_masks, ids=self.train_ids, mask_classes=classes, **kw
         )
-        # Validation against ground truth when present, else against held-out pseudo-masks.
-        if d.gt_masks:
-            gt_ids = sorted(set(find_cases(d.gt_masks)) & set(find_cases(d.val_images or d.images)))
-            self.val_target = "gt"
-            val = SegmentationFolder(d.val_images or d.images, d.gt_masks, ids=gt_ids, **kw)
-        else:
-            self.val_target = "pseudo"
-            val = (
-                SegmentationFolder(
-                    d.images, d.pseudo_masks, ids=held_out, mask_classes=classes, **kw
-                )
-                if held_out
-                else None
-            )
+        val = self._validation_source(d, held_out, classes, kw)
         self.val_source_ids = [] if val is None else list(val.ids)
         self.val = None if val is None or not len(val) else [val[i] for i in range(len(val))]
         self.augment = PairedAugment(
@@ -188,6 +105,22 @@ class WeakTask:
         self.train_model_config = with_compute_dtype(self.model_config, config)
         self.ensemble_keep = int(config.ensemble.keep)
         self.workdir = None  # set by `train`: where the ensemble snapshots go
+
+    def _validation_source(self, d, held_out, classes, kw) -> SegmentationFolder | None:
+        """Against ground truth when present, else against the held-out pseudo-masks."""
+        if d.gt_masks:
+            self.val_target = "gt"
+            if d.val_images:  # a validation set of its own: every image needs its GT
+                ids = images_with_masks(d.val_images, find_cases(d.gt_masks), d.missing_masks, "GT")
+            else:  # GT for some of the training images
+                ids = sorted(set(find_cases(d.gt_masks)) & set(find_cases(d.images)))
+            return SegmentationFolder(d.val_images or d.images, d.gt_masks, ids=ids, **kw)
+        self.val_target = "pseudo"
+        if not held_out:
+            return None
+        return SegmentationFolder(
+            d.images, d.pseudo_masks, ids=held_out, mask_classes=classes, **kw
+        )
 
     def build_model(self, rngs: nnx.Rngs) -> resunet.ResUNet:
         return resunet.ResUNet(self.train_model_config, rngs=rngs)
@@ -487,6 +420,7 @@ def default_config(dataset: str = "phantom") -> ml_collections.ConfigDict:
     d.gt_masks = ""  # optional ground truth for validation ("" = held-out pseudo-masks)
     d.val_images = ""  # images of the GT validation cases ("" = d.images)
     d.val_fraction = 0.15  # held-out pseudo-masks when there is no GT
+    d.missing_masks = "error"  # an image without a (pseudo-)mask: error | skip (count printed)
     d.split_seed = 0
     d.image_size = 224
     d.in_channels = 1

@@ -83,7 +83,7 @@ def load_clip(cfg: ml_collections.ConfigDict):
         raise ValueError(
             "clip_workdir is required: a workdir written by `mzs train-clip` or `mzs import`"
         )
-    model, model_cfg = restore_model(cfg.clip_workdir)
+    model, model_cfg = restore_model(cfg.clip_workdir, kind="clip")
     tok_path = cfg.tokenizer or str(pathlib.Path(cfg.clip_workdir) / "tokenizer")
     return model, load_tokenizer(tok_path, int(model_cfg.text.context_length)), model_cfg
 
@@ -275,7 +275,9 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     items = [(c, name) for c in cases for name in cfg.prompts]
     sal_dir = workdir / "saliency"
     sal_dir.mkdir(exist_ok=True)
-    todo = [(c, n) for c, n in items if not (sal_dir / f"{c['id']}_{_slug(n)}.npy").exists()]
+    todo = [
+        (c, n) for c, n in items if not (sal_dir / f"{_file_id(c['id'])}_{_slug(n)}.npy").exists()
+    ]
     t0 = time.perf_counter()
     progress = Progress(len(todo), "saliency", unit="map")
     bs = int(cfg.saliency.batch_size)
@@ -290,11 +292,11 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             workdir,
         )
         for (c, n), m in zip(chunk, maps, strict=True):
-            np.save(sal_dir / f"{c['id']}_{_slug(n)}.npy", m.astype(np.float32))
+            np.save(sal_dir / f"{_file_id(c['id'])}_{_slug(n)}.npy", m.astype(np.float32))
         progress.update(len(chunk))
     sal_s = (time.perf_counter() - t0) / max(1, len(todo))
 
-    sal = {(c["id"], n): np.load(sal_dir / f"{c['id']}_{_slug(n)}.npy") for c, n in items}
+    sal = {(c["id"], n): np.load(sal_dir / f"{_file_id(c['id'])}_{_slug(n)}.npy") for c, n in items}
     rgb = {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in cases}
     refined_sal = _dpfem(cfg, workdir, items, sal, rgb)
 
@@ -302,7 +304,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     # as its training set (images/<id>.npy + masks/<id>_<class>.png).
     (workdir / "images").mkdir(exist_ok=True)
     for c in cases:
-        image_path = workdir / "images" / f"{c['id']}.npy"
+        image_path = workdir / "images" / f"{_file_id(c['id'])}.npy"
         if not image_path.exists():
             np.save(image_path, np.asarray(c["image"], np.float32))
 
@@ -322,7 +324,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
         else:
             mask = seg.segment(c["image"], refined.boxes, init_mask=refined.mask)
             seg_name = seg.name
-        save_png(mask, workdir / "masks" / f"{c['id']}_{_slug(n)}.png")
+        save_png(mask, workdir / "masks" / f"{_file_id(c['id'])}_{_slug(n)}.png")
         record = {
             "case": c["id"],
             "class": n,
@@ -356,7 +358,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             )
         if cfg.figures:
             save_figure(
-                workdir / "figures" / f"{c['id']}_{_slug(n)}.png",
+                workdir / "figures" / f"{_file_id(c['id'])}_{_slug(n)}.png",
                 c["image"],
                 s,
                 r_s,
@@ -369,7 +371,10 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
         progress.update(1)
     if volumes:
         write_volumes(
-            cfg, workdir, volumes, lambda cid, n: workdir / "masks" / f"{cid}_{_slug(n)}.png"
+            cfg,
+            workdir,
+            volumes,
+            lambda cid, n: workdir / "masks" / f"{_file_id(cid)}_{_slug(n)}.png",
         )
     summary = summarize(_read_jsonl(done_path))
     summary["saliency_s_per_map"] = sal_s
@@ -448,6 +453,12 @@ def _nan_to_null(x):
     if isinstance(x, list):
         return [_nan_to_null(v) for v in x]
     return None if isinstance(x, float) and np.isnan(x) else x
+
+
+def _file_id(case_id: str) -> str:
+    """A case id as a flat file name: COVID-QU-Ex ids hold their class folder
+    (`COVID-19/covid_10` -> `COVID-19__covid_10`)."""
+    return case_id.replace("/", "__")
 
 
 def _slug(name: str) -> str:

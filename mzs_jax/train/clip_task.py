@@ -234,6 +234,9 @@ class ClipTask:
                 f"config.data.image_size={config.data.image_size} differs from the model's "
                 f"vision.image_size={self.model_config.vision.image_size}"
             )
+        for key in ("batch", "seeds"):  # retrieval batches of eval.batch pairs, eval.seeds orders
+            if int(config.eval[key]) < 1:
+                raise ValueError(f"config.eval.{key}={config.eval[key]}: must be >= 1")
         d = config.data
         self.train_src = caption_source(
             d.path, d.source or None, "train", seed=d.split_seed, val_fraction=d.val_fraction

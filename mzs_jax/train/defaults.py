@@ -59,6 +59,10 @@ def train_config() -> ml_collections.ConfigDict:
     c.checkpoint.best_mode = "max"
     c.checkpoint.async_save = True
 
+    # Resuming a workdir whose model or data-order config (seed, batch_size, data.*) differs from
+    # the saved one is an error unless this is True (train/resume.py).
+    c.allow_config_change = False
+
     c.log_every_steps = 10
     c.eval_every_epochs = 1
     c.data = ml_collections.ConfigDict()

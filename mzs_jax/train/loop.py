@@ -19,22 +19,27 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from mzs_jax.progress import Progress
 
 from . import checkpoint as ckpt
+from . import integrity, resume
 from .input import steps_per_epoch, to_global, train_iterator
+from .integrity import REJECTED_DIR
 from .mesh import batch_sharding, make_mesh, replicated, tree_shardings
 from .step import check_compute_dtype, make_optimizer, make_schedule, make_task_step
 from .task import Task
 
-__all__ = ["Task", "fit", "NonFiniteLossError"]
+__all__ = ["Task", "fit", "NonFiniteLossError", "CheckpointWriteError"]
 
 
 class NonFiniteLossError(ValueError):
     """The loss became NaN/inf; the run stopped without writing a checkpoint of that state."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, unwritable path); earlier steps are kept."""
 
 
 class _Logger:
@@ -53,8 +58,11 @@ class _Logger:
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {self.file.name}: {e.strerror}") from e
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
 
@@ -108,38 +116,43 @@ def init_state(task: Task, config: ml_collections.ConfigDict, mesh, spe: int):
     return graphdef, tx, state
 
 
-def _save_args(state, iterator):
+def _save_args(state, iterator, where: str):
     model = {**ckpt.flatten(state["params"]), **ckpt.flatten(state["rest"])}
     train = ckpt.flatten({"opt": state["opt"], "step": state["step"], "rng": state["rng"]})
-    return ocp.args.Composite(
-        model=ocp.args.StandardSave(model),
-        train=ocp.args.StandardSave(train),
+    return ckpt.checksummed_save_args(
+        {"model": model, "train": train},
+        where=where,
         data=grain.checkpoint.CheckpointSave(iterator),
     )
 
 
 def _restore(manager, state, iterator):
-    """Restore into `state` / `iterator` from the newest readable step; drop unreadable ones."""
-    model_t = {**ckpt.abstract_of(state["params"]), **ckpt.abstract_of(state["rest"])}
-    train_t = ckpt.abstract_of({"opt": state["opt"], "step": state["step"], "rng": state["rng"]})
-
-    def args(_):
-        return ocp.args.Composite(
-            model=ocp.args.StandardRestore(model_t),
-            train=ocp.args.StandardRestore(train_t),
-            data=grain.checkpoint.CheckpointRestore(iterator),
-        )
-
+    """Restore into `state` / `iterator` from the newest step that reads back and matches its
+    checksums; a failing step is moved aside (`W/ckpt_rejected/`) and the previous one used."""
+    targets = {
+        "model": {**ckpt.abstract_of(state["params"]), **ckpt.abstract_of(state["rest"])},
+        "train": ckpt.abstract_of(
+            {"opt": state["opt"], "step": state["step"], "rng": state["rng"]}
+        ),
+    }
     newest = manager.latest_step()
-    step, restored = ckpt.restore_latest_good(manager, args, log=_log)
+    step, restored = ckpt.restore_latest_good(
+        manager,
+        targets,
+        extra_args={"data": grain.checkpoint.CheckpointRestore(iterator)},
+        log=_log,
+    )
     if step is None:
         if newest is not None:
-            raise ValueError(f"no readable checkpoint in {manager.directory}")
+            raise ValueError(
+                f"no intact checkpoint left in {manager.directory}: every step failed "
+                f"verification and was moved to {manager.directory.parent / REJECTED_DIR}. "
+                "Rerun to train from scratch, or move a step back by hand"
+            )
         return None, state
-    for bad in [s for s in manager.all_steps() if s > step]:
-        manager.delete(bad)
     if newest != step:
-        _log(f"resuming from step {step} (newer unreadable checkpoints removed)")
+        _log(f"resuming from step {step} (newer steps failed verification, moved aside)")
+    integrity.require_finite(restored["model"], where=f"{manager.directory}/{step}")
     rest = ckpt.unflatten(
         {"opt": state["opt"], "step": state["step"], "rng": state["rng"]}, restored["train"]
     )
@@ -150,47 +163,114 @@ def _restore(manager, state, iterator):
     }
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate_config(config: ml_collections.ConfigDict, config_key: str = "config") -> None:
+    """One clear error naming the key (under `config_key`) for engine values that cannot run."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ValueError(f"{config_key}.{key}={_get(config, key)!r}: {why}")
+
+    for key in ("batch_size", "grad_accum", "checkpoint.every_steps", "checkpoint.keep"):
+        value = _get(config, key)
+        need(isinstance(value, int) and value >= 1, key, "must be an integer >= 1")
+    need(config.batch_size % config.grad_accum == 0, "grad_accum", "must divide batch_size")
+    need(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"expected {COMPUTE_DTYPES}")
+    need(config.checkpoint.best_mode in ("max", "min"), "checkpoint.best_mode", "max | min")
+    epochs_ok = int(config.total_steps) > 0 or int(config.num_epochs) >= 1
+    need(epochs_ok, "num_epochs", "must be >= 1 (or set total_steps > 0)")
+    need(int(config.eval_every_epochs) >= 1, "eval_every_epochs", "must be >= 1")
+    lr = config.optimizer.lr
+    lr_ok = isinstance(lr, int | float) and math.isfinite(lr) and lr >= 0
+    need(lr_ok, "optimizer.lr", "must be a finite number >= 0")
+
+
+def _check_batch_fits_mesh(config, mesh, config_key: str) -> None:
+    rows = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = int(config.batch_size) // int(config.grad_accum)
+    if micro % rows:
+        raise ValueError(
+            f"{config_key}.batch_size={config.batch_size} (micro-batch {micro} with grad_accum="
+            f"{config.grad_accum}) does not split over the {rows} devices of the batch axes "
+            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}): use a multiple of "
+            f"{rows * int(config.grad_accum)}, or a smaller --{config_key}.mesh.data"
+        )
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _non_finite_error(manager, step: int, loss: float) -> NonFiniteLossError:
+    """The error for a step whose loss or updated parameters are not finite."""
+    manager.wait_until_finished()
+    good = manager.latest_step()
+    what = f"loss ({loss}) at" if not math.isfinite(loss) else "parameters (NaN/inf) after"
+    advice = (
+        f"The last checkpoint, {manager.directory}/{good}, holds the finite weights of step "
+        f"{good} (checked when saved); rerunning resumes there and repeats the same steps, so "
+        "change something first: lower config.optimizer.lr (optimizer keys may change on "
+        "resume) or check the inputs."
+        if good is not None
+        else "No checkpoint was written: lower config.optimizer.lr or check the inputs."
+    )
+    return NonFiniteLossError(
+        f"non-finite {what} step {step}; stopped without saving this step. {advice}"
+    )
+
+
+def _make_manager(workdir: pathlib.Path, cc: ml_collections.ConfigDict):
+    return ckpt.make_manager(
+        workdir,
+        max_to_keep=int(cc.keep),
+        best_metric=cc.best_metric or None,
+        best_mode=cc.best_mode,
+        async_save=bool(cc.async_save),
+    )
+
+
 def fit(
     task: Task,
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
     *,
     name: str = "train",
+    config_key: str = "config",
 ) -> dict[str, Any]:
     """Train `task` per `config` (see `defaults.train_config`), resuming from `workdir/ckpt`.
 
+    Before anything is written, the config is checked (`validate_config`; errors name keys
+    under `config_key`, e.g. `config.dpfem` for the DPFEM of stage 2) and, when `workdir`
+    holds checkpoints, compared with the saved one (`resume.check_resume`).
     Returns the last step's metrics (and the last evaluation's) as floats.
     """
     workdir = pathlib.Path(workdir)
+    validate_config(config, config_key)
+    resume.check_resume(workdir, task.model_config, config, _log)
     mesh = make_mesh(config.mesh)
+    _check_batch_fits_mesh(config, mesh, config_key)
     bind = getattr(task, "bind_mesh", None)
     if bind is not None:
         bind(mesh)
-    is_main = jax.process_index() == 0
-    if is_main:
-        ckpt.write_model_config(workdir, task.model_config)
-
     ds = task.train_dataset(config)
     spe = steps_per_epoch(len(ds), int(config.batch_size))
     total = _num_steps(config, spe)
-    num_epochs = math.ceil(total / spe)
-    iterator = train_iterator(ds, config, num_epochs)
-
+    iterator = train_iterator(ds, config, math.ceil(total / spe))
     graphdef, tx, state = init_state(task, config, mesh, spe)
-    cc = config.checkpoint
-    manager = ckpt.make_manager(
-        workdir,
-        max_to_keep=int(cc.keep),
-        best_metric=cc.best_metric or None,
-        best_mode=cc.best_mode,
-        async_save=bool(cc.async_save),
-        item_handlers={
-            "model": ocp.StandardCheckpointHandler(),
-            "train": ocp.StandardCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
-        },
-    )
-    start, state = _restore(manager, state, iterator)
+    manager = _make_manager(workdir, config.checkpoint)
+    try:
+        start, state = _restore(manager, state, iterator)
+    except BaseException:
+        manager.close()
+        raise
+    if jax.process_index() == 0:
+        ckpt.write_model_config(workdir, task.model_config)
+        resume.write_run_config(workdir, config)
     start = int(start or 0)
     if start:
         _log(f"[{name}] resumed from {manager.directory}/{start}")
@@ -198,76 +278,128 @@ def fit(
         _log(f"[{name}] already trained for {total} steps")
         manager.close()
         return {}
+    loop = _Loop(task, config, workdir, name, manager, graphdef, spe, total)
+    return loop.run(state, iterator, make_task_step(task, graphdef, tx, config), mesh, start)
 
-    sharding = batch_sharding(mesh)
-    step_fn = jax.jit(make_task_step(task, graphdef, tx, config), donate_argnums=0)
-    first = to_global(next(iterator), sharding)
-    t0 = time.perf_counter()
-    lowered = step_fn.lower(state, first)
-    check_compute_dtype(lowered, config)
-    compiled = lowered.compile()
-    _log(
-        f"[{name}] compiled in {time.perf_counter() - t0:.1f}s; mesh {dict(mesh.shape)}; "
-        f"memory per device: {compiled.memory_analysis()}"
-    )
 
-    schedule = make_schedule(config.optimizer, spe)
-    logger = _Logger(workdir, is_main)
-    progress = Progress(total - start, name, unit="step", enabled=is_main)
-    n_cores = jax.device_count()
-    last: dict[str, Any] = {}
-    batch, t_last = first, time.perf_counter()
-    try:
-        for step in range(start + 1, total + 1):
-            state, metrics = compiled(state, batch)
-            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            if not math.isfinite(metrics["loss"]):
-                manager.wait_until_finished()
-                good = manager.latest_step()
-                raise NonFiniteLossError(
-                    f"non-finite loss ({metrics['loss']}) at step {step}; stopped without saving. "
-                    f"Last good checkpoint: {manager.directory}/{good}. Lower config.optimizer.lr "
-                    "or check the inputs."
+class _Loop:
+    """The step loop of `fit`: compiled step, per-step finiteness check, evaluation, saves."""
+
+    def __init__(self, task, config, workdir, name, manager, graphdef, spe: int, total: int):
+        self.task, self.config, self.workdir, self.name = task, config, workdir, name
+        self.manager, self.graphdef, self.spe, self.total = manager, graphdef, spe, total
+        self.evaluate_fn = getattr(task, "evaluate", None)
+
+    def run(self, state, iterator, step_fn, mesh, start: int) -> dict[str, Any]:
+        sharding = batch_sharding(mesh)
+        first = to_global(next(iterator), sharding)
+        t0 = time.perf_counter()
+        lowered = jax.jit(step_fn, donate_argnums=0).lower(state, first)
+        check_compute_dtype(lowered, self.config)
+        compiled = lowered.compile()
+        _log(
+            f"[{self.name}] compiled in {time.perf_counter() - t0:.1f}s; mesh {dict(mesh.shape)}; "
+            f"memory per device: {compiled.memory_analysis()}"
+        )
+        is_main = jax.process_index() == 0
+        self.schedule = make_schedule(self.config.optimizer, self.spe)
+        logger = _Logger(self.workdir, is_main)
+        progress = Progress(self.total - start, self.name, unit="step", enabled=is_main)
+        last: dict[str, Any] = {}
+        batch, self.t_last = first, time.perf_counter()
+        try:
+            for step in range(start + 1, self.total + 1):
+                state, metrics = compiled(state, batch)
+                # The updated parameters are checked on the step that made them, before any save.
+                metrics, params_ok = jax.device_get(
+                    (metrics, integrity.finite_flag(state["params"]))
                 )
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            sps = int(config.batch_size) / dt
-            metrics.update(
-                samples_per_s=sps,
-                samples_per_s_per_core=sps / n_cores,
-                lr=float(schedule(step - 1)),
-                epoch=step / spe,
+                metrics = {k: float(v) for k, v in metrics.items()}
+                if not (math.isfinite(metrics["loss"]) and bool(params_ok)):
+                    raise _non_finite_error(self.manager, step, metrics["loss"])
+                last = self._log_step(step, metrics, logger)
+                progress.update(1, loss=metrics["loss"], samples_per_s=metrics["samples_per_s"])
+                eval_metrics = self._maybe_evaluate(step, state, logger)
+                if eval_metrics is not None:
+                    last.update(eval_metrics)
+                self._maybe_save(step, state, iterator, eval_metrics)
+                if step < self.total:
+                    batch = to_global(next(iterator), sharding)
+            progress.close(loss=last.get("loss", float("nan")))
+            self._wait_for_saves(self.total)
+        finally:
+            failing = sys.exc_info()[0] is not None
+            closers = [self.manager.wait_until_finished] if failing else []
+            for close in [*closers, self.manager.close, logger.close, sys.stdout.flush]:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - while failing, the error in flight is reported
+                    if not failing:
+                        raise
+        return last
+
+    def _wait_for_saves(self, step: int) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - any write failure, reported with the path
+            raise self._write_error(step, e) from e
+
+    def _write_error(self, step: int, e: BaseException) -> CheckpointWriteError:
+        try:
+            self.manager.reload()
+        except Exception:  # noqa: BLE001, S110 - the listing below is best effort
+            pass
+        done = [s for s in self.manager.all_steps() if s <= step]
+        return CheckpointWriteError(
+            f"could not write a checkpoint in {self.manager.directory} (near step {step}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. The steps "
+            f"already saved ({', '.join(map(str, sorted(done))) or 'none'}) are intact: free "
+            "space or fix the path, then rerun to resume from the newest one"
+        )
+
+    def _log_step(self, step: int, metrics: dict, logger: _Logger) -> dict:
+        now = time.perf_counter()
+        dt, self.t_last = now - self.t_last, now
+        sps = int(self.config.batch_size) / dt
+        metrics.update(
+            samples_per_s=sps,
+            samples_per_s_per_core=sps / jax.device_count(),
+            lr=float(self.schedule(step - 1)),
+            epoch=step / self.spe,
+        )
+        logger.write(step, metrics)
+        return dict(metrics)
+
+    def _maybe_evaluate(self, step: int, state, logger: _Logger) -> dict | None:
+        spe, every = self.spe, max(1, int(self.config.eval_every_epochs))
+        end_of_epoch = step % spe == 0 or step == self.total
+        if self.evaluate_fn is None or not end_of_epoch:
+            return None
+        if (step // spe) % every != 0 and step != self.total:
+            return None
+        model = nnx.merge(self.graphdef, state["params"], state["rest"])
+        out = {k: float(v) for k, v in self.evaluate_fn(model, step // spe).items()}
+        best = self.config.checkpoint.best_metric
+        if best and best not in out:
+            raise ValueError(
+                f"config.checkpoint.best_metric={best!r} is not among the evaluation's metrics "
+                f"{sorted(out)}"
             )
-            logger.write(step, metrics)
-            last = metrics
-            progress.update(1, loss=metrics["loss"], samples_per_s=sps)
-            eval_metrics = None
-            end_of_epoch = step % spe == 0 or step == total
-            evaluate = getattr(task, "evaluate", None)
-            if (
-                evaluate is not None
-                and end_of_epoch
-                and ((step // spe) % max(1, int(config.eval_every_epochs)) == 0 or step == total)
-            ):
-                model = nnx.merge(graphdef, state["params"], state["rest"])
-                eval_metrics = {k: float(v) for k, v in evaluate(model, step // spe).items()}
-                logger.write(step, eval_metrics)
-                last.update(eval_metrics)
-                _log(
-                    f"[{name}] epoch {step / spe:.2f} "
-                    + " ".join(f"{k}={v:.4f}" for k, v in eval_metrics.items())
-                )
-            if step % int(cc.every_steps) == 0 or step == total or eval_metrics is not None:
-                manager.save(step, args=_save_args(state, iterator), metrics=eval_metrics)
-            if step < total:
-                batch = to_global(next(iterator), sharding)
-        progress.close(loss=last.get("loss", float("nan")))
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-        logger.close()
-        sys.stdout.flush()
-    return last
+        logger.write(step, out)
+        _log(
+            f"[{self.name}] epoch {step / spe:.2f} "
+            + " ".join(f"{k}={v:.4f}" for k, v in out.items())
+        )
+        return out
+
+    def _maybe_save(self, step: int, state, iterator, eval_metrics) -> None:
+        every = int(self.config.checkpoint.every_steps)
+        if step % every == 0 or step == self.total or eval_metrics is not None:
+            args = _save_args(state, iterator, f"{self.manager.directory}/{step}")
+            try:
+                self.manager.save(step, args=args, metrics=eval_metrics)
+            except Exception as e:  # noqa: BLE001 - a failed (previous async) write, with the path
+                raise self._write_error(step, e) from e
 
 
 def final_params(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
