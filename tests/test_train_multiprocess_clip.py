@@ -1,6 +1,7 @@
 """Stage 1 across processes: 2 JAX processes × 4 CPU devices with the contrastive batch sharded
 over all 8 devices (so the global loss's collectives cross the process boundary) follow the same
-loss trajectory as 1 process × 8 devices, for data=8 and for data=4 × fsdp=2."""
+loss trajectory as 1 process × 8 devices, for data=8 (ring form: tiles passed device to device)
+and for data=4 × fsdp=2 (gather form)."""
 
 import json
 import socket
@@ -50,12 +51,16 @@ def _run(cmds_envs, cwd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mesh", [(8, 1), (4, 2)], ids=["data8", "data4-fsdp2"])
-def test_two_processes_match_one_process_with_the_batch_on_all_8_devices(tmp_path, repo_root, mesh):
-    extra = []
+@pytest.mark.parametrize(
+    "mesh,form", [((8, 1), "ring"), ((4, 2), "gather")], ids=["data8-ring", "data4-fsdp2-gather"]
+)
+def test_two_processes_match_one_process_with_the_batch_on_all_8_devices(
+    tmp_path, repo_root, mesh, form
+):
+    extra = [f"--config.loss.global_form={form}"]
     one, two = tmp_path / "one", tmp_path / "two"
     out_one = _run([(_command(repo_root, one, mesh, extra), _env(8))], repo_root)[0]
-    assert "global-batch form" in out_one, out_one[-2000:]
+    assert f"global-batch {form} form" in out_one, out_one[-2000:]
     port = _free_port()
     runs = []
     for pid in range(2):
