@@ -21,6 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # profile_tables
 
 
 def _config(model: str, batch: int):
@@ -91,7 +92,7 @@ def _flops_of(compiled) -> float:
     return flops
 
 
-def _time_jax(config, batch_np, warmup: int, steps: int, weights_path: pathlib.Path):
+def _time_jax(config, batch_np, warmup, steps, weights_path: pathlib.Path, profile_dir=None):
     import jax
     from flax import nnx
 
@@ -135,12 +136,37 @@ def _time_jax(config, batch_np, warmup: int, steps: int, weights_path: pathlib.P
         if i >= warmup:
             times.append(time.perf_counter() - t)
         losses_seen.append(float(metrics["loss"]))
+    table = None
+    if profile_dir is not None:
+        state, table = _profile_jax(compiled, state, batch, steps, profile_dir / "jax")
     del state, compiled
     gc.collect()
-    return dict(times=times, losses=losses_seen, flops=flops, compile_s=compile_s, params=n_params)
+    return dict(
+        times=times,
+        losses=losses_seen,
+        flops=flops,
+        compile_s=compile_s,
+        params=n_params,
+        table=table,
+    )
 
 
-def _time_torch(config, batch_np, warmup: int, steps: int, weights_path: pathlib.Path):
+def _profile_jax(compiled, state, batch, steps: int, out: pathlib.Path):
+    """`steps` more steps under `jax.profiler.trace(out)`; the per-op-category table from it."""
+    import jax
+    import profile_tables
+
+    with jax.profiler.trace(str(out), create_perfetto_trace=True):
+        for _ in range(steps):
+            state, _ = compiled(state, batch)
+            jax.block_until_ready(state)
+    hlo = compiled.as_text()
+    (out / "step.hlo.txt").write_text(hlo)
+    rows = profile_tables.jax_category_rows(hlo, profile_tables.trace_durations(out), steps)
+    return state, profile_tables.jax_table(rows)
+
+
+def _time_torch(config, batch_np, warmup, steps, weights_path: pathlib.Path, profile_dir=None):
     import torch
     import torch.nn.functional as F
 
@@ -189,7 +215,22 @@ def _time_torch(config, batch_np, warmup: int, steps: int, weights_path: pathlib
         if i >= warmup:
             times.append(time.perf_counter() - t)
     n_params = sum(p.numel() for p in model.parameters())
-    return dict(times=times, losses=losses_seen, params=n_params, threads=torch.get_num_threads())
+    table = None if profile_dir is None else _profile_torch(step, steps, profile_dir / "torch")
+    threads = torch.get_num_threads()
+    return dict(times=times, losses=losses_seen, params=n_params, threads=threads, table=table)
+
+
+def _profile_torch(step, steps: int, out: pathlib.Path) -> str:
+    """`steps` more steps under `torch.profiler` (CPU); a Chrome trace and the top-op table."""
+    import profile_tables
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    prof.export_chrome_trace(str(out / "trace.json"))
+    return profile_tables.torch_table(prof, steps)
 
 
 def main(argv: list[str]) -> str:
@@ -200,6 +241,7 @@ def main(argv: list[str]) -> str:
     p.add_argument("--steps", type=int, default=3, help="timed steps per backend")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per backend")
     p.add_argument("--matmul", type=int, default=None, help="peak-matmul size n (n×n @ n×n)")
+    p.add_argument("--profile", type=pathlib.Path, default=None, help="write traces + op tables")
     a = p.parse_args(argv)
     model_name = a.model or ("tiny" if a.quick else "biomedclip")
     n_mm = a.matmul or (1024 if a.quick else 4096)
@@ -216,8 +258,8 @@ def main(argv: list[str]) -> str:
     peak_before = _peak_matmul(n_mm, 5)
     with tempfile.TemporaryDirectory(prefix="mzs_bench_") as d:
         weights = pathlib.Path(d) / "init.safetensors"
-        j = _time_jax(config, batch_np, a.warmup, a.steps, weights)
-        t = _time_torch(config, batch_np, a.warmup, a.steps, weights)
+        j = _time_jax(config, batch_np, a.warmup, a.steps, weights, a.profile)
+        t = _time_torch(config, batch_np, a.warmup, a.steps, weights, a.profile)
     peak = max(peak_before, _peak_matmul(n_mm, 5))
 
     j_s, t_s = statistics.median(j["times"]), statistics.median(t["times"])
@@ -259,8 +301,29 @@ def main(argv: list[str]) -> str:
             "",
             f"**MFU: JAX {100 * mfu_j:.1f} %** of the measured matmul peak "
             f"(torch at the same FLOP count: {100 * mfu_t:.1f} %).",
+            *_profile_section(a.profile, j["table"], t["table"]),
         ]
     )
+
+
+def _profile_section(out, jax_table, torch_table) -> list[str]:
+    if out is None:
+        return []
+    text = [
+        "",
+        f"#### Profile (traces under `{out}`)",
+        "",
+        "JAX: thunk time per (stage, op kind, pass) from the `jax.profiler` trace joined with the "
+        "compiled step's HLO (stage from each op's source file; GFLOP/s for the dots in it):",
+        "",
+        jax_table,
+        "",
+        "torch: `torch.profiler` key averages, top ops by self CPU time:",
+        "",
+        torch_table,
+    ]
+    (out / "profile.md").write_text("\n".join(text[3:]) + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mzs_jax.models.vit import dot_product_attention, gelu
+from mzs_jax.models.vit import dot_product_attention, gelu, remat_layer
 
 
 class BertEmbeddings(nnx.Module):
@@ -71,11 +71,19 @@ class BertLayer(nnx.Module):
         return self.output_LayerNorm(x + self.output(gelu(self.intermediate(x))))
 
 
+def _run_layer(layer: BertLayer, x, bias):
+    return layer(x, bias)
+
+
 class TextTower(nnx.Module):
     """open_clip `HFTextEncoder` around BERT: `transformer` → CLS token → `proj` MLP."""
 
-    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        remat_layer(_run_layer, remat)  # validates the mode at build time
+        self.remat = remat
         self.context_length = cfg.context_length
         self.embeddings = BertEmbeddings(cfg, **kw)
         self.layers = nnx.List([BertLayer(cfg, **kw) for _ in range(cfg.layers)])
@@ -91,9 +99,9 @@ class TextTower(nnx.Module):
             )
         # Same additive mask as HF: the most negative float32 on padded keys.
         bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        x = self.embeddings(input_ids)
+        x, run_layer = self.embeddings(input_ids), remat_layer(_run_layer, self.remat)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = run_layer(layer, x, bias)
         return x
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -16,6 +16,19 @@ TAP_POINTS = ("norm1", "norm2")
 # norm (open_clip `timm_pool="avg"`), so the pooled embedding is the mean of the dense ones;
 # "max": per-channel max over the patch tokens (`timm_pool="max"`).
 POOLS = ("token", "avg", "max")
+# `model.remat`: recompute each transformer block in the backward pass, keeping only its input
+# ("full") or its input and every matmul output ("dots_saveable"), or keep all ("none").
+REMAT = ("none", "full", "dots_saveable")
+
+
+def remat_layer(fn, remat: str, static_argnums: tuple[int, ...] = ()):
+    """`fn(layer, *args)` under `nnx.remat` as `model.remat` says (one block per checkpoint)."""
+    if remat not in REMAT:
+        raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
+    if remat == "none":
+        return fn
+    policy = jax.checkpoint_policies.dots_saveable if remat == "dots_saveable" else None
+    return nnx.remat(fn, policy=policy, static_argnums=static_argnums)
 
 
 def dot_product_attention(
@@ -95,10 +108,16 @@ class Block(nnx.Module):
         return x, tapped
 
 
+def _run_block(block: Block, x, tap_delta, tap):
+    return block(x, tap=tap, tap_delta=tap_delta)
+
+
 class VisionTransformer(nnx.Module):
     """timm ViT trunk + `head.proj`. Input: NHWC float32 images normalised with CLIP mean/std."""
 
-    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"
+    ):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(
                 f"vision.image_size={cfg.image_size} is not a multiple of "
@@ -108,6 +127,8 @@ class VisionTransformer(nnx.Module):
         if self.pool not in POOLS:
             raise ValueError(f"vision.pool must be one of {POOLS}, got {self.pool!r}")
         self.dtype = dtype
+        remat_layer(_run_block, remat)  # validates the mode at build time
+        self.remat = remat
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -148,10 +169,10 @@ class VisionTransformer(nnx.Module):
         x = x.reshape(b, -1, x.shape[-1])
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-        tapped = None
+        tapped, run_block = None, remat_layer(_run_block, self.remat, static_argnums=(3,))
         for i, block in enumerate(self.blocks):
             here = tap_point if i == tap_block else None
-            x, t = block(x, tap=here, tap_delta=tap_delta if here else None)
+            x, t = run_block(block, x, tap_delta if here else None, here)
             tapped = t if here else tapped
         return self.norm(x), tapped
 
