@@ -1,5 +1,6 @@
-"""`bench/train_step.py --quick` (tiny CLIP): the Markdown holds a finite JAX/torch ratio and MFU,
-and both backends report the same losses from the same weights and batch."""
+"""`bench/train_step.py --quick` (tiny CLIP): per batch size a finite JAX/torch ratio and MFU, the
+same losses on both sides from the same weights and batch, a bf16 row, and bucketing rows whose
+losses equal the padded batch's."""
 
 import math
 import re
@@ -7,17 +8,36 @@ import re
 from mzs_jax import bench_cli
 
 
-def test_quick_train_step_bench_reports_finite_ratio_and_mfu():
-    md = bench_cli.run_script("train_step", ["--quick", "--steps", "2"])
-    ratio = float(re.search(r"JAX / torch samples/s ratio: ([0-9.]+)×", md).group(1))
-    mfu = float(re.search(r"MFU: JAX ([0-9.]+) %", md).group(1))
-    assert math.isfinite(ratio) and ratio > 0, md
-    assert math.isfinite(mfu) and 0 < mfu <= 100, md
-    rows = {
-        r.split("|")[1].split()[0]: [float(x) for x in r.split("|")[5].split(",")]
-        for r in md.splitlines()
-        if r.startswith("| JAX") or r.startswith("| torch")
-    }
-    # Same weights and batch: the same loss trajectory on both sides.
-    assert len(rows["JAX"]) == len(rows["torch"]) == 3, md
-    assert all(abs(a - b) < 2e-3 for a, b in zip(rows["JAX"], rows["torch"], strict=True)), md
+def _rows(md: str) -> dict[tuple[int, str], list[float]]:
+    out = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 7 and cells[0].isdigit():
+            out[(int(cells[0]), cells[1])] = [float(x) for x in cells[5].split(",")]
+    return out
+
+
+def test_quick_train_step_bench_reports_ratio_mfu_bf16_and_bucketing():
+    md = bench_cli.run_script(
+        "train_step", ["--quick", "--steps", "2", "--batch", "4", "6", "--buckets", "16", "24"]
+    )
+    ratios = [float(x) for x in re.findall(r"JAX / torch samples/s ratio: ([0-9.]+)×", md)]
+    mfus = [float(x) for x in re.findall(r"MFU: JAX ([0-9.]+) %", md)]
+    assert len(ratios) == len(mfus) == 2, md
+    assert all(math.isfinite(r) and r > 0 for r in ratios), md
+    assert all(0 < m <= 100 for m in mfus), md
+    rows = _rows(md)
+    for batch in (4, 6):
+        jax_fp32 = next(
+            v for (b, n), v in rows.items() if b == batch and n.startswith("JAX fp32 (")
+        )
+        torch = next(v for (b, n), v in rows.items() if b == batch and n.startswith("torch"))
+        bf16 = next(v for (b, n), v in rows.items() if b == batch and n.startswith("JAX bf16"))
+        # Same weights and batch: the same loss trajectory on both sides; bf16 close to fp32.
+        assert len(jax_fp32) == len(torch) == 3, md
+        assert all(abs(a - b) < 2e-3 for a, b in zip(jax_fp32, torch, strict=True)), md
+        assert all(abs(a - b) < 2e-2 * abs(b) for a, b in zip(bf16, jax_fp32, strict=True)), md
+        padded = next(v for (b, n), v in rows.items() if b == batch and n.endswith("padded"))
+        cut = next(v for (b, n), v in rows.items() if b == batch and "bucket" in n)
+        assert all(abs(a - b) < 1e-5 for a, b in zip(padded, cut, strict=True)), md
+    assert "MFU" in md and "bfloat16 matmul" in md, md

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mzs_jax.models.vit import dot_product_attention, gelu
+from mzs_jax.models.vit import dot_product_attention, gelu, linear, remat_layer
 
 
 class BertEmbeddings(nnx.Module):
@@ -49,38 +49,46 @@ class BertLayer(nnx.Module):
     def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
         if cfg.width % cfg.heads:
             raise ValueError(f"text.width={cfg.width} is not divisible by text.heads={cfg.heads}")
-        self.heads = cfg.heads
+        self.heads, self.dtype = cfg.heads, dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         w = cfg.width
-        self.query = nnx.Linear(w, w, **kw)
-        self.key = nnx.Linear(w, w, **kw)
-        self.value = nnx.Linear(w, w, **kw)
-        self.attention_output = nnx.Linear(w, w, **kw)
+        self.query = linear(w, w, **kw)
+        self.key = linear(w, w, **kw)
+        self.value = linear(w, w, **kw)
+        self.attention_output = linear(w, w, **kw)
         self.attention_LayerNorm = nnx.LayerNorm(w, epsilon=cfg.ln_eps, **kw)
-        self.intermediate = nnx.Linear(w, cfg.intermediate, **kw)
-        self.output = nnx.Linear(cfg.intermediate, w, **kw)
+        self.intermediate = linear(w, cfg.intermediate, **kw)
+        self.output = linear(cfg.intermediate, w, **kw)
         self.output_LayerNorm = nnx.LayerNorm(w, epsilon=cfg.ln_eps, **kw)
 
-    def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """`x` `(B, L, W)`, `mask` boolean `(B, 1, 1, L)` (False on padded keys)."""
         b, n, w = x.shape
         split = lambda t: t.reshape(b, n, self.heads, w // self.heads)
-        a = dot_product_attention(
-            split(self.query(x)), split(self.key(x)), split(self.value(x)), bias
-        )
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        a = dot_product_attention(q, k, v, mask, dtype=self.dtype)
         x = self.attention_LayerNorm(x + self.attention_output(a.reshape(b, n, w)))
         return self.output_LayerNorm(x + self.output(gelu(self.intermediate(x))))
+
+
+def _run_layer(layer: BertLayer, x, mask):
+    return layer(x, mask)
 
 
 class TextTower(nnx.Module):
     """open_clip `HFTextEncoder` around BERT: `transformer` → CLS token → `proj` MLP."""
 
-    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"
+    ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        remat_layer(_run_layer, remat)  # validates the mode at build time
+        self.remat = remat
         self.context_length = cfg.context_length
         self.embeddings = BertEmbeddings(cfg, **kw)
         self.layers = nnx.List([BertLayer(cfg, **kw) for _ in range(cfg.layers)])
-        self.proj_0 = nnx.Linear(cfg.width, cfg.proj_hidden, use_bias=False, **kw)
-        self.proj_2 = nnx.Linear(cfg.proj_hidden, embed_dim, use_bias=False, **kw)
+        self.proj_0 = linear(cfg.width, cfg.proj_hidden, use_bias=False, **kw)
+        self.proj_2 = linear(cfg.proj_hidden, embed_dim, use_bias=False, **kw)
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """`(B, L)` ids and 0/1 mask → last hidden state `(B, L, W)`; masked keys are ignored."""
@@ -89,11 +97,10 @@ class TextTower(nnx.Module):
                 f"input_ids {tuple(input_ids.shape)} and attention_mask "
                 f"{tuple(attention_mask.shape)} must both be (B, L)"
             )
-        # Same additive mask as HF: the most negative float32 on padded keys.
-        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
-        x = self.embeddings(input_ids)
+        mask = attention_mask[:, None, None, :] > 0
+        x, run_layer = self.embeddings(input_ids), remat_layer(_run_layer, self.remat)
         for layer in self.layers:
-            x = layer(x, bias)
+            x = run_layer(layer, x, mask)
         return x
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -32,6 +32,7 @@ def model_config(name: str) -> ConfigDict:
     c.name = name
     c.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"
+    c.remat = "none"  # per transformer block, both towers: none | full | dots_saveable
     c.logit_scale_init = math.log(1 / 0.07)
     # Learned logit bias (SigLIP, `logit_bias` in open_clip): None = no bias parameter.
     c.logit_bias_init = None
@@ -107,6 +108,19 @@ def _dtype(cfg, field: str):
     return DTYPES[value]
 
 
+def compiler_options(cfg: ConfigDict) -> dict[str, str]:
+    """XLA options that a jit of this model's gradient needs to run as configured.
+
+    With `model.remat` on, XLA:CPU's pipeline expands `jax.checkpoint`'s CSE barriers before CSE,
+    which then merges the recomputation back into the forward pass (same memory as no remat);
+    keeping the barriers makes the CPU compile rematerialise as GPU/TPU compiles do.
+    Pass to `jax.jit(..., compiler_options=...)`.
+    """
+    if cfg.get("remat", "none") == "none" or jax.default_backend() != "cpu":
+        return {}
+    return {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
+
 def _l2_normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -124,8 +138,9 @@ class CLIP(nnx.Module):
                 f"text.context_length={cfg.text.context_length} exceeds "
                 f"text.max_positions={cfg.text.max_positions}"
             )
-        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, **kw)
-        self.text = TextTower(cfg.text, cfg.embed_dim, **kw)
+        remat = cfg.get("remat", "none")
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, remat=remat, **kw)
+        self.text = TextTower(cfg.text, cfg.embed_dim, remat=remat, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, param_dtype))
         bias = cfg.get("logit_bias_init")
         self.logit_bias = None if bias is None else nnx.Param(jnp.asarray(bias, param_dtype))

@@ -16,27 +16,87 @@ TAP_POINTS = ("norm1", "norm2")
 # norm (open_clip `timm_pool="avg"`), so the pooled embedding is the mean of the dense ones;
 # "max": per-channel max over the patch tokens (`timm_pool="max"`).
 POOLS = ("token", "avg", "max")
+# `model.remat`: recompute each transformer block in the backward pass, keeping only its input
+# ("full") or its input and every matmul output ("dots_saveable"), or keep all ("none").
+REMAT = ("none", "full", "dots_saveable")
+
+
+def remat_layer(fn, remat: str, static_argnums: tuple[int, ...] = ()):
+    """`fn(layer, *args)` under `nnx.remat` as `model.remat` says (one block per checkpoint)."""
+    if remat not in REMAT:
+        raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
+    if remat == "none":
+        return fn
+    policy = jax.checkpoint_policies.dots_saveable if remat == "dots_saveable" else None
+    return nnx.remat(fn, policy=policy, static_argnums=static_argnums)
 
 
 def dot_product_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *, dtype=None
 ) -> jax.Array:
-    """Multi-head attention on `(B, L, H, D)` inputs; softmax in float32 whatever the dtype.
+    """Multi-head attention on `(B, L, H, D)` inputs; `(B, Lq, H, D)` float32 out.
 
-    `bias` is additive, broadcastable to `(B, H, Lq, Lk)` (e.g. `-inf`-like on padded keys).
-    Returns `(B, Lq, H, D)` in `q.dtype`.
+    Both products take `dtype` operands (default `q.dtype`) and accumulate in float32; the
+    softmax is float32. `mask` is boolean, broadcastable to `(B, H, Lq, Lk)`, False on keys to
+    ignore (their weight is exactly 0, as with HF's most-negative additive mask).
     """
+    dtype = dtype or q.dtype
     scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-    if bias is not None:
-        logits = logits + bias
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    f32 = jnp.float32
+    logits = jnp.einsum(
+        "bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype), preferred_element_type=f32
+    )
+    logits = logits * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(f32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype), preferred_element_type=f32)
 
 
+def linear(in_features: int, out_features: int, **kw) -> nnx.Linear:
+    """`nnx.Linear` that accumulates and returns float32: with a bf16 `dtype` its operands are
+    bf16 (params cast inside), the form XLA:CPU runs as a bf16 matmul; a bf16-out dot is
+    upcast to float32 there. Same values as a plain Linear in float32."""
+    return nnx.Linear(in_features, out_features, preferred_element_type=jnp.float32, **kw)
+
+
+# Rational minimax approximation of erf on [-4, 4] (Eigen's `generic_fast_erf_float`, which
+# XLA:CPU also uses for its own erf op): |error| < 5e-7, one pass with no branches.
+_ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+          -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+          -1.60960333262415e-02)  # fmt: skip
+_ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+          -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
+
+
+def _erf(x: jax.Array) -> jax.Array:
+    x = jnp.clip(x, -4.0, 4.0)
+    x2 = x * x
+    p = jnp.full_like(x, _ERF_P[0])
+    for c in _ERF_P[1:]:
+        p = p * x2 + c
+    q = jnp.full_like(x, _ERF_Q[0])
+    for c in _ERF_Q[1:]:
+        q = q * x2 + c
+    return x * p / q
+
+
+@jax.custom_jvp
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact (erf) GELU, as torch `nn.GELU()` and HF BERT's `gelu`."""
-    return jax.nn.gelu(x, approximate=False)
+    """Exact (erf) GELU, as torch `nn.GELU()` and HF BERT's `gelu` (erf within 5e-7).
+
+    `lax.erf` lowers to two branch polynomials plus an exp that XLA:CPU runs as three passes
+    over the (B, L, 3072) activation; this is one. The derivative is the exact Φ(x) + x·φ(x).
+    """
+    return 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = 0.5 * (1.0 + _erf(x * 0.7071067811865476))
+    pdf = jnp.exp(-0.5 * x * x) * 0.3989422804014327
+    return x * cdf, (cdf + x * pdf) * t
 
 
 class Attention(nnx.Module):
@@ -45,16 +105,17 @@ class Attention(nnx.Module):
     def __init__(self, width: int, heads: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         if width % heads:
             raise ValueError(f"vision.width={width} is not divisible by vision.heads={heads}")
-        self.heads = heads
+        self.heads, self.dtype = heads, dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.qkv = nnx.Linear(width, 3 * width, **kw)
-        self.proj = nnx.Linear(width, width, **kw)
+        self.qkv = linear(width, 3 * width, **kw)
+        self.proj = linear(width, width, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, w = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, w // self.heads)
-        out = dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-        return self.proj(out.reshape(b, n, w))
+        # `split` (not indexing a reshaped qkv): its gradient is one concatenate, where three
+        # index gradients would each pad to the full (B, N, 3W) and be summed.
+        q, k, v = (t.reshape(b, n, self.heads, -1) for t in jnp.split(self.qkv(x), 3, axis=-1))
+        return self.proj(dot_product_attention(q, k, v, dtype=self.dtype).reshape(b, n, w))
 
 
 class Mlp(nnx.Module):
@@ -62,8 +123,8 @@ class Mlp(nnx.Module):
 
     def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc1 = nnx.Linear(width, hidden, **kw)
-        self.fc2 = nnx.Linear(hidden, width, **kw)
+        self.fc1 = linear(width, hidden, **kw)
+        self.fc2 = linear(hidden, width, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc2(gelu(self.fc1(x)))
@@ -95,10 +156,16 @@ class Block(nnx.Module):
         return x, tapped
 
 
+def _run_block(block: Block, x, tap_delta, tap):
+    return block(x, tap=tap, tap_delta=tap_delta)
+
+
 class VisionTransformer(nnx.Module):
     """timm ViT trunk + `head.proj`. Input: NHWC float32 images normalised with CLIP mean/std."""
 
-    def __init__(self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"
+    ):
         if cfg.image_size % cfg.patch_size:
             raise ValueError(
                 f"vision.image_size={cfg.image_size} is not a multiple of "
@@ -108,6 +175,8 @@ class VisionTransformer(nnx.Module):
         if self.pool not in POOLS:
             raise ValueError(f"vision.pool must be one of {POOLS}, got {self.pool!r}")
         self.dtype = dtype
+        remat_layer(_run_block, remat)  # validates the mode at build time
+        self.remat = remat
         self.image_size, self.patch_size = cfg.image_size, cfg.patch_size
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -122,7 +191,7 @@ class VisionTransformer(nnx.Module):
             [Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.layers)]
         )
         self.norm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
-        self.head_proj = nnx.Linear(cfg.width, embed_dim, use_bias=False, **kw)
+        self.head_proj = linear(cfg.width, embed_dim, use_bias=False, **kw)
 
     def forward_features(
         self,
@@ -144,16 +213,28 @@ class VisionTransformer(nnx.Module):
                 f"{tuple(images.shape)}"
             )
         tap_block, tap_point = self._check_tap(tap)
-        x = self.patch_embed(images.astype(self.dtype))
-        x = x.reshape(b, -1, x.shape[-1])
+        x = self._embed_patches(images)
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-        tapped = None
+        tapped, run_block = None, remat_layer(_run_block, self.remat, static_argnums=(3,))
         for i, block in enumerate(self.blocks):
             here = tap_point if i == tap_block else None
-            x, t = block(x, tap=here, tap_delta=tap_delta if here else None)
+            x, t = run_block(block, x, tap_delta if here else None, here)
             tapped = t if here else tapped
         return self.norm(x), tapped
+
+    def _embed_patches(self, images: jax.Array) -> jax.Array:
+        """`patch_embed` (a p×p conv with stride p) as one matmul on the flattened patches:
+        `(B·N, p·p·3) @ (p·p·3, W)`, the same sums; XLA:CPU runs the conv's weight gradient
+        about 30× slower than this matmul's."""
+        b, p = images.shape[0], self.patch_size
+        g = self.image_size // p
+        patches = images.reshape(b, g, p, g, p, 3).transpose(0, 1, 3, 2, 4, 5)
+        patches = patches.reshape(b, g * g, p * p * 3).astype(self.dtype)
+        conv = self.patch_embed
+        kernel = conv.kernel[...].reshape(p * p * 3, -1).astype(self.dtype)  # HWIO → (HWI, O)
+        out = jnp.matmul(patches, kernel, preferred_element_type=jnp.float32)
+        return out + conv.bias[...].astype(self.dtype)
 
     def _check_tap(self, tap) -> tuple[int | None, str | None]:
         if tap is None:

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from mzs_jax.data.transforms import ToClipInput
-from mzs_jax.train import clip_context
+from mzs_jax.train import clip_context, text_buckets
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -251,6 +251,10 @@ class ClipTask:
             d.tokenizer or None, self.workdir, self.model_config.text.context_length, texts
         )
         self._loss = None
+        self.text_buckets = text_buckets.check_buckets(
+            d.get("text_buckets", ()), self.model_config.text.context_length
+        )
+        self._bucketed = False
 
     def bind_mesh(self, mesh) -> None:
         from mzs_jax import losses
@@ -308,7 +312,20 @@ class ClipTask:
     def starting_temperature(model) -> float:
         return math.exp(-float(model.logit_scale[...]))
 
+    def prepare_batch(self, batch: dict) -> dict:
+        """Host-side, before the global arrays: the text cut to its `config.data.text_buckets`
+        length (`train/text_buckets.py`); the batch unchanged when no buckets are set."""
+        if not self.text_buckets:
+            return batch
+        self._bucketed = True
+        return text_buckets.bucket_batch(batch, self.text_buckets)
+
     def loss_fn(self, model, batch, rng):
+        if self.text_buckets and not self._bucketed:
+            raise RuntimeError(
+                f"config.data.text_buckets={self.text_buckets} is set but the training loop did "
+                "not pass the batches through ClipTask.prepare_batch"
+            )
         return clip_loss(model, batch, self._loss)
 
     def embed(self, model, batch, rng):

@@ -104,6 +104,9 @@ def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.15
     c.data.split_seed = 0
     c.data.limit = 0  # > 0: use only the first N examples (smoke runs)
+    # Text lengths a batch may be cut to, e.g. (32, 64, 128): the smallest that holds every
+    # attended token (train/text_buckets.py; same loss as the padded batch). () = always pad.
+    c.data.text_buckets = ()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch = 50  # ROCO protocol: retrieval in batches of 50
