@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mzs_jax import losses
 from mzs_jax.train import text_buckets
 from mzs_jax.train.clip_task import ClipTask, clip_loss
+from mzs_jax.train.loop import fit
 
 
 def _config(repo_root, buckets=(8, 16, 24, 32)):
@@ -87,3 +88,24 @@ def test_bucket_holds_every_attended_token_and_is_the_smallest_that_does(lengths
     assert n == 40 or n in buckets
     assert all(b < max(1, max(lengths)) for b in buckets if b < n)
     assert cut["image"] is batch["image"]
+
+
+def test_training_loop_buckets_each_batch_and_compiles_once_per_bucket(tmp_path, repo_root, capsys):
+    cfg = _config(repo_root, buckets=(8, 64))
+    cfg.mesh.data, cfg.mesh.fsdp = 2, 1
+    cfg.batch_size, cfg.total_steps = 8, 3
+    cfg.checkpoint.every_steps, cfg.checkpoint.best_metric = 1000, ""
+    last = fit(ClipTask(cfg, tmp_path), cfg, tmp_path / "run")
+    assert np.isfinite(last["loss"])
+    out = capsys.readouterr().out
+    # Phantom captions need more than 8 tokens, so every batch runs cut to the 64 bucket: the
+    # step is compiled once, not once per batch.
+    assert out.count("compiled") == 1, out
+
+
+def test_no_validation_split_with_a_validation_best_metric_is_refused(tmp_path, repo_root):
+    cfg = _config(repo_root)
+    cfg.checkpoint.best_metric = "val/i2t_top1"
+    with pytest.raises(ValueError, match=r"config\.data\.val_fraction=0\.0.*best_metric"):
+        fit(ClipTask(cfg, tmp_path), cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -256,6 +256,16 @@ class ClipTask:
         )
         self._bucketed = False
 
+    def check_config(self, config) -> None:
+        """Called by `fit` before anything runs: a validation metric needs validation pairs."""
+        best = str(config.checkpoint.get("best_metric", "") or "")
+        if len(self.val_src) == 0 and best.startswith("val/"):
+            raise ValueError(
+                f"config.data.val_fraction={config.data.val_fraction} leaves no validation pairs "
+                f"in {config.data.path}, but config.checkpoint.best_metric={best!r} needs them: "
+                "raise the fraction or set config.checkpoint.best_metric=''"
+            )
+
     def bind_mesh(self, mesh) -> None:
         from mzs_jax import losses
 
@@ -342,6 +352,8 @@ class ClipTask:
     def evaluate(self, model, epoch: int) -> dict[str, float]:
         from mzs_jax.pipeline import retrieval
 
+        if len(self.val_src) == 0:  # config.data.val_fraction = 0: nothing held out to score
+            return {}
         ex = _examples(
             self.val_src, self.tokenizer, self.model_config, int(self.config.eval.max_examples)
         )

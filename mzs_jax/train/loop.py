@@ -251,6 +251,9 @@ def fit(
     """
     workdir = pathlib.Path(workdir)
     validate_config(config, config_key)
+    check = getattr(task, "check_config", None)  # a task's own cross-key checks
+    if check is not None:
+        check(config)
     resume.check_resume(workdir, task.model_config, config, _log)
     mesh = make_mesh(config.mesh)
     _check_batch_fits_mesh(config, mesh, config_key)
@@ -292,15 +295,9 @@ class _Loop:
 
     def run(self, state, iterator, step_fn, mesh, start: int) -> dict[str, Any]:
         sharding = batch_sharding(mesh)
-        first = to_global(next(iterator), sharding)
-        t0 = time.perf_counter()
-        lowered = jax.jit(step_fn, donate_argnums=0).lower(state, first)
-        check_compute_dtype(lowered, self.config)
-        compiled = lowered.compile()
-        _log(
-            f"[{self.name}] compiled in {time.perf_counter() - t0:.1f}s; mesh {dict(mesh.shape)}; "
-            f"memory per device: {compiled.memory_analysis()}"
-        )
+        prepare = getattr(self.task, "prepare_batch", None) or (lambda b: b)
+        self.mesh, self.step_fn, self.executables = mesh, jax.jit(step_fn, donate_argnums=0), {}
+        first = to_global(prepare(next(iterator)), sharding)
         is_main = jax.process_index() == 0
         self.schedule = make_schedule(self.config.optimizer, self.spe)
         logger = _Logger(self.workdir, is_main)
@@ -309,7 +306,7 @@ class _Loop:
         batch, self.t_last = first, time.perf_counter()
         try:
             for step in range(start + 1, self.total + 1):
-                state, metrics = compiled(state, batch)
+                state, metrics = self._compiled(state, batch)(state, batch)
                 # The updated parameters are checked on the step that made them, before any save.
                 metrics, params_ok = jax.device_get(
                     (metrics, integrity.finite_flag(state["params"]))
@@ -324,7 +321,7 @@ class _Loop:
                     last.update(eval_metrics)
                 self._maybe_save(step, state, iterator, eval_metrics)
                 if step < self.total:
-                    batch = to_global(next(iterator), sharding)
+                    batch = to_global(prepare(next(iterator)), sharding)
             progress.close(loss=last.get("loss", float("nan")))
             self._wait_for_saves(self.total)
         finally:
@@ -337,6 +334,24 @@ class _Loop:
                     if not failing:
                         raise
         return last
+
+    def _compiled(self, state, batch):
+        """The step compiled for this batch's shapes: one executable per text-length bucket
+        (`config.data.text_buckets`), one in all without buckets."""
+        leaves = jax.tree_util.tree_leaves_with_path(batch)
+        key = tuple((jax.tree_util.keystr(path), leaf.shape) for path, leaf in leaves)
+        if key not in self.executables:
+            t0 = time.perf_counter()
+            lowered = self.step_fn.lower(state, batch)
+            check_compute_dtype(lowered, self.config)
+            compiled = lowered.compile()
+            shapes = "" if not self.executables else f" for batch shapes {dict(key)}"
+            _log(
+                f"[{self.name}] compiled{shapes} in {time.perf_counter() - t0:.1f}s; mesh "
+                f"{dict(self.mesh.shape)}; memory per device: {compiled.memory_analysis()}"
+            )
+            self.executables[key] = compiled
+        return self.executables[key]
 
     def _wait_for_saves(self, step: int) -> None:
         try:
@@ -379,6 +394,8 @@ class _Loop:
             return None
         model = nnx.merge(self.graphdef, state["params"], state["rest"])
         out = {k: float(v) for k, v in self.evaluate_fn(model, step // spe).items()}
+        if not out:  # nothing held out (e.g. config.data.val_fraction = 0)
+            return None
         best = self.config.checkpoint.best_metric
         if best and best not in out:
             raise ValueError(
