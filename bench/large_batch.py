@@ -162,11 +162,12 @@ def _step_flops(model, loss, variant, batch, mesh, micro, dim) -> float:
     return towers + _loss_flops(loss, batch, dim)
 
 
-def tower_rows(model: str, loss: str, batches, mesh) -> list[dict]:
+def tower_rows(model: str, loss: str, batches, mesh, variants=tuple(VARIANTS)) -> list[dict]:
     micro = PER_DEVICE_MICRO * 8
     rows = []
     for batch in batches:
-        for variant, (accumulation, remat, accumulate) in VARIANTS.items():
+        for variant in variants:
+            accumulation, remat, accumulate = VARIANTS[variant]
             k = batch // micro if accumulate else 1
             cfg = _config(model, loss, batch, k, accumulation, remat, mesh)
             row = {"batch": batch, "variant": variant, "micro-batches": k}
@@ -197,14 +198,26 @@ def main(argv: list[str]) -> str:
     parser.add_argument("--quick", action="store_true", help="tiny CLIP, smaller batches")
     parser.add_argument("--loss", default="cehnc")
     parser.add_argument("--mesh", default="1,8", help="data,fsdp (8 devices)")
+    parser.add_argument("--batches", default="", help="comma-separated global batches")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}"
+    )
+    parser.add_argument("--no-loss-table", action="store_true", help="skip the loss-alone table")
     args = parser.parse_args(argv)
     mesh = tuple(int(x) for x in args.mesh.split(","))
     model = "tiny" if args.quick else "biomedclip"
     batches = (1024, 4096) if args.quick else (4096, 16384, 65536)
-    rows = tower_rows(model, args.loss, batches, mesh)
+    if args.batches:
+        batches = tuple(int(x) for x in args.batches.split(","))
+    variants = tuple(v.strip() for v in args.variants.split(","))
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    rows = tower_rows(model, args.loss, batches, mesh, variants)
     plain = {r["batch"]: r["TFLOP/step"] for r in rows if r["variant"] == "no accumulation"}
     for r in rows:
-        r["FLOPs vs plain"] = r["TFLOP/step"] / plain[r["batch"]]
+        if r["batch"] in plain:
+            r["FLOPs vs plain"] = r["TFLOP/step"] / plain[r["batch"]]
     keys = ["batch", "variant", "micro-batches", "argument GiB", "temp GiB", "total GiB"]
     keys += ["TFLOP/step", "FLOPs vs plain", "compile s", "error"]
     out = [
@@ -221,7 +234,7 @@ def main(argv: list[str]) -> str:
     spec = importlib.util.spec_from_file_location("bench_loss_memory", path)
     loss_memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loss_memory)
-    if hasattr(loss_memory, "loss_memory_rows"):
+    if hasattr(loss_memory, "loss_memory_rows") and not args.no_loss_table:
         big = (65536, 262144) if args.quick else (65536, 262144, 1048576)
         loss_rows = loss_memory.loss_memory_rows(big, ("gather", "ring"), tuple(losses.LOSSES))
         out += ["", "The loss alone (value and gradient, D = 512):", "", _table(loss_rows, list(

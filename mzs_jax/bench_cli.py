@@ -14,7 +14,8 @@ import platform
 import time
 
 SCRIPTS = {
-    "loss_memory": "global-batch loss memory vs naive B×B (8 virtual CPU devices)",
+    "loss_memory": "global-batch loss memory, gather vs ring form, every loss (8 virtual devices)",
+    "large_batch": "large-batch train step: exact accumulation (± remat) vs plain, memory, FLOPs",
     "train_step": "full-size BiomedCLIP train step, JAX vs PyTorch, and MFU",
     "saliency": "batched JAX gScoreCAM vs torch gScoreCAM",
     "input_pipeline": "grain input pipeline rate vs train step rate",
