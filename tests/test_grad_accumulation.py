@@ -150,3 +150,15 @@ def test_exact_accumulation_keeps_one_micro_batch_of_activations(tasks, repo_roo
         temp[label] = lowered.compile().memory_analysis().temp_size_in_bytes
     assert temp["exact"] < 0.5 * temp["plain"], temp
     assert temp["exact"] < 2 * temp["indep"], temp
+
+
+@pytest.mark.parametrize("remat", ["full", "dots_saveable"])
+def test_exact_accumulation_with_remat_equals_one_plain_step(tasks, repo_root, remat):
+    """Remat inside exact accumulation (the model merged inside `jax.vjp` per micro-batch): the
+    same gradients as one step without remat on the whole batch."""
+    devices = jax.devices()
+    task = tasks[True]
+    ref = _gradients(task, _config(repo_root, "cehnc", True, (4, 2), 1), devices)
+    cfg = _config(repo_root, "cehnc", True, (4, 2), 4)
+    cfg.model_overrides.remat = remat
+    _assert_same(ref, _gradients(task, cfg, devices))

@@ -22,13 +22,28 @@ REMAT = ("none", "full", "dots_saveable")
 
 
 def remat_layer(fn, remat: str, static_argnums: tuple[int, ...] = ()):
-    """`fn(layer, *args)` under `nnx.remat` as `model.remat` says (one block per checkpoint)."""
+    """`fn(layer, *args)` under `jax.checkpoint` as `model.remat` says (one block per checkpoint).
+
+    The layer enters as its split state, merged inside the checkpoint, and `fn` must not mutate
+    it (a block's forward does not). Not `nnx.remat`: it writes the layer's state back after the
+    call, which fails ("Cannot mutate Param from a different trace level") when the model was
+    merged inside another transform, as exact accumulation's `jax.vjp` per micro-batch does.
+    """
     if remat not in REMAT:
         raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
     if remat == "none":
         return fn
     policy = jax.checkpoint_policies.dots_saveable if remat == "dots_saveable" else None
-    return nnx.remat(fn, policy=policy, static_argnums=static_argnums)
+
+    def run(layer, *args):
+        graphdef, state = nnx.split(layer)
+
+        def pure(state, *args):
+            return fn(nnx.merge(graphdef, state), *args)
+
+        return jax.checkpoint(pure, policy=policy, static_argnums=static_argnums)(state, *args)
+
+    return run
 
 
 def dot_product_attention(
