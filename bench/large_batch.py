@@ -105,7 +105,8 @@ def _abstract_step(cfg, *, unroll: bool = False, towers_only: bool = False):
         return loss_value, jax.tree.map(jnp.add, params, updates), opt
 
     args = (params, rest, opt, batch, key)
-    return jax.jit(step, donate_argnums=(0, 2)), args
+    options = clip.compiler_options(clip_task.clip_model_config(cfg)) or None
+    return jax.jit(step, donate_argnums=(0, 2), compiler_options=options), args
 
 
 def _memory(cfg) -> dict:

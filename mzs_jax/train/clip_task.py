@@ -318,6 +318,13 @@ class ClipTask:
         if jax.process_index() == 0:
             print(f"[train-clip] starting temperature τ = {self.starting_temperature(model):.4g}")
 
+    @property
+    def compiler_options(self) -> dict[str, str]:
+        """XLA options the step needs to run as configured (`models.clip.compiler_options`)."""
+        from mzs_jax.models import clip
+
+        return clip.compiler_options(self.model_config)
+
     @staticmethod
     def starting_temperature(model) -> float:
         return math.exp(-float(model.logit_scale[...]))

@@ -296,7 +296,9 @@ class _Loop:
     def run(self, state, iterator, step_fn, mesh, start: int) -> dict[str, Any]:
         sharding = batch_sharding(mesh)
         prepare = getattr(self.task, "prepare_batch", None) or (lambda b: b)
-        self.mesh, self.step_fn, self.executables = mesh, jax.jit(step_fn, donate_argnums=0), {}
+        options = getattr(self.task, "compiler_options", None)  # e.g. remat on XLA:CPU
+        jitted = jax.jit(step_fn, donate_argnums=0, compiler_options=options or None)
+        self.mesh, self.step_fn, self.executables = mesh, jitted, {}
         first = to_global(prepare(next(iterator)), sharding)
         is_main = jax.process_index() == 0
         self.schedule = make_schedule(self.config.optimizer, self.spe)
