@@ -22,14 +22,14 @@ def get_config(arg=None):
     if unknown:
         raise ValueError(f"configs/zeroshot_phantom.py: unknown argument(s) {unknown}")
     c = default_config()
-    c.dataset = "phantom-xray"
+    c.dataset = "xray-phantom"
     c.data.kind, c.data.n, c.data.seed, c.data.size = "xray", 32, 1000, 64
     c.prompts = {
         "opacity": "chest radiograph showing a pulmonary nodule or dense consolidation",
         "lungs": "frontal chest radiograph showing both lungs",
     }
     if "cardiomegaly" in words:
-        c.dataset = "phantom-xray-cardiomegaly"
+        c.dataset = "xray-phantom-cardiomegaly"
         c.data.findings = "cardiomegaly"
         c.prompts.heart = (
             "chest x-ray showing an enlarged cardiac silhouette consistent with cardiomegaly"

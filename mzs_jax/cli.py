@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("mzs_jax.weights_cli:import", "open_clip weights -> workdir checkpoint"),
     "segment": ("mzs_jax.pipeline.zeroshot", "stage 2: saliency -> DPFEM -> CRF -> box -> mask"),
     "train-weak": ("mzs_jax.pipeline.weak", "stage 3: ResUNet on pseudo-masks (sharded jit)"),
-    "evaluate": ("mzs_jax.pipeline.evaluate", "IoU/Dice/AUC per case, seeds, paired t-test"),
+    "evaluate": ("mzs_jax.pipeline.evaluate_cli", "IoU/Dice/AUC per case, seeds, paired t-test"),
     "bench": ("mzs_jax.bench_cli", "run bench/ scripts and write one Markdown table"),
 }
 

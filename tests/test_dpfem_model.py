@@ -10,6 +10,7 @@ from flax import nnx
 
 from mzs_jax.models import dpfem
 from mzs_jax.pipeline import dpfem_train
+from mzs_jax.train.checkpoint import restore_model
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_training_with_fit_reduces_the_self_supervised_loss_and_checkpoints(tmp_
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5]), (losses[:5], losses[-5:])
-    model = dpfem.load(tmp_path)
+    model, _ = restore_model(tmp_path, kind="dpfem")
     imgs = np.stack([e["image"] for e in examples[:2]])
     sal = np.stack([e["saliency"] for e in examples[:2]])
     out = dpfem_train.refine_saliency(model, imgs, sal)

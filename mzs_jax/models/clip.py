@@ -7,11 +7,9 @@
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
@@ -157,13 +155,3 @@ class CLIP(nnx.Module):
         """int32 `(B, L)` ids and 0/1 mask → `(B, E)`, unit L2."""
         with jax.named_scope("text"):
             return _l2_normalize(self.text(input_ids, attention_mask))
-
-
-def load(cfg: ConfigDict, state_dict_or_path: dict[str, np.ndarray] | str | os.PathLike) -> CLIP:
-    """Build a CLIP from open_clip weights: a state dict, or a safetensors / `.bin` / `.pt` file."""
-    from mzs_jax import convert
-
-    sd = state_dict_or_path
-    if not isinstance(sd, dict):
-        sd = convert.load_state_dict_file(sd)
-    return convert.from_open_clip(sd, cfg)

@@ -99,13 +99,3 @@ class DPFEM(nnx.Module):
         b, h, w = saliency.shape
         up = jax.image.resize(low, (b, h, w), "linear")
         return up + self.skip[...] * saliency_logit(saliency)
-
-
-def load(workdir) -> DPFEM:
-    """DPFEM from a training workdir (the Orbax checkpoint `loop.fit` wrote)."""
-    from mzs_jax.train.checkpoint import restore_model
-
-    model, saved = restore_model(workdir)
-    if saved.get("kind") != "dpfem":
-        raise ValueError(f"{workdir} holds a {saved.get('kind')!r} model, not dpfem")
-    return model

@@ -8,8 +8,6 @@ builds it; `load(workdir)` restores a trained one.
 
 from __future__ import annotations
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -181,13 +179,3 @@ class ResUNet(nnx.Module):
                 x = block(x)
         x = x if self.out_norm is None else self.out_norm(x)
         return self.head(nnx.relu(x)).astype(jnp.float32)
-
-
-def load(workdir: str | pathlib.Path) -> tuple[ResUNet, ConfigDict]:
-    """A trained ResUNet and its config from a workdir written by `mzs train-weak`."""
-    from mzs_jax.train.checkpoint import restore_model
-
-    model, cfg = restore_model(workdir)
-    if not isinstance(model, ResUNet):
-        raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
-    return model, cfg

@@ -28,7 +28,7 @@ SALIENCY_METHODS = (*saliency.METHODS, "m2ib")
 def default_config() -> ml_collections.ConfigDict:
     """Keys of `configs/zeroshot_*.py`."""
     c = ml_collections.ConfigDict()
-    c.dataset = "phantom-xray"
+    c.dataset = "xray-phantom"
     c.clip_workdir = ""  # a `mzs train-clip` / `mzs import` workdir (model_config.json + ckpt)
     c.tokenizer = ""  # "" = CLIP_WORKDIR/tokenizer
     # source: phantom (kind, n, seed, size, findings: "" = all, or comma-separated finding names
