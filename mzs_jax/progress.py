@@ -1,4 +1,11 @@
-"""Progress lines with rate and ETA, printed by every long-running `mzs` subcommand."""
+"""Progress lines with rate and ETA, printed by every long-running `mzs` subcommand.
+
+Written here rather than with tqdm on purpose: runs are read from log files and from pod job
+logs, where a redrawn bar (carriage returns, terminal width) turns into noise, whereas these are
+whole lines at most every few seconds, each with the step's metrics, and only process 0 prints.
+tqdm is therefore not a dependency of the project (libraries such as transformers may still
+install it for themselves).
+"""
 
 from __future__ import annotations
 
