@@ -16,7 +16,6 @@ LOWER_LAYERS = ("mzs_jax.models", "mzs_jax.data", "mzs_jax.losses")
 UPPER_LAYERS = ("mzs_jax.train", "mzs_jax.pipeline")
 # Loops not yet cut, listed exactly: a new loop fails, and so does cutting one left listed.
 KNOWN_CYCLES: set[frozenset[str]] = {
-    frozenset({"mzs_jax.pipeline.retrieval", "mzs_jax.train.clip_task"}),
     frozenset({"mzs_jax.pipeline.ensemble", "mzs_jax.pipeline.weak"}),
 }
 
@@ -110,5 +109,17 @@ def test_models_data_and_losses_import_neither_train_nor_pipeline():
         if module.startswith(LOWER_LAYERS)
         for target in sorted(targets)
         if target.startswith(UPPER_LAYERS)
+    ]
+    assert wrong_way == []
+
+
+def test_train_does_not_import_pipeline():
+    """The engine and its tasks sit below the stages: `pipeline` imports `train`, never back."""
+    wrong_way = [
+        f"{module} -> {target}"
+        for module, targets in sorted(import_graph().items())
+        if module.startswith("mzs_jax.train")
+        for target in sorted(targets)
+        if target.startswith("mzs_jax.pipeline")
     ]
     assert wrong_way == []

@@ -357,7 +357,7 @@ class ClipTask:
         )
 
     def evaluate(self, model, epoch: int) -> dict[str, float]:
-        from mzs_jax.pipeline import retrieval
+        from mzs_jax.train import retrieval_scores as retrieval
 
         if len(self.val_src) == 0:  # config.data.val_fraction = 0: nothing held out to score
             return {}
