@@ -6,7 +6,9 @@ comes from a locally written `BertConfig` and the timm trunk is random-init, so 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import pathlib
 import tempfile
@@ -84,11 +86,32 @@ def _model_config(config):
     return config.model if "vision" not in config and "model" in config else config
 
 
+class _DropRandomInitWarnings(logging.Filter):
+    """open_clip warns "no CLIP weights found" / "Model initialized randomly" for a local-dir
+    architecture; here that is the plan (the weights, if any, are loaded right after)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("no CLIP weights found" in msg or "No pretrained weights loaded" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip_init():
+    root, drop = logging.getLogger(), _DropRandomInitWarnings()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def build_open_clip(config, weights: str | os.PathLike | None = None) -> nn.Module:
     """open_clip `CustomTextCLIP` with the BiomedCLIP architecture of `config`, in eval mode.
 
     `config`: a model config (`mzs_jax.models.clip.model_config`) or a run config with `.model`.
-    `weights`: optional safetensors (or open_clip `.bin`/`.pt`) file, loaded with `strict=True`.
+    `weights`: optional safetensors (or open_clip `.bin`/`.pt`) file, loaded with `strict=True`;
+    without it the model keeps open_clip's random init (open_clip's own "initialized randomly"
+    warnings are not printed: the architecture is always built first, then loaded).
     """
     import open_clip
 
@@ -97,7 +120,7 @@ def build_open_clip(config, weights: str | os.PathLike | None = None) -> nn.Modu
         raise ValueError(
             f"vision.ln_eps must be {_VIT_BASE_EPS} (timm ViT), got {cfg.vision.ln_eps}"
         )
-    with tempfile.TemporaryDirectory(prefix="mzs_open_clip_") as d:
+    with tempfile.TemporaryDirectory(prefix="mzs_open_clip_") as d, _quiet_open_clip_init():
         write_local_dir(cfg, d)
         model = open_clip.create_model(
             "local-dir:" + d, load_weights=False, pretrained_image=False, pretrained_text=False
