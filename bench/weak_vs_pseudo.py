@@ -1,7 +1,7 @@
 """Stage 3 "Must show": does a ResUNet trained on pseudo-masks beat the pseudo-masks themselves?
 
 Chest X-ray phantoms (lungs). Pseudo-masks: dark pixels (Otsu) inside one box per lung whose
-sides are jittered by ±30% (F4's `crf` box segmenter with an intensity mask: a stand-in for
+sides are jittered by ±30% (`crf` box segmenter with an intensity mask: a stand-in for
 saliency → CRF → box, since no CLIP/SAM weights exist offline; GrabCut returned empty masks on
 these phantoms). A tiny ResUNet is trained on the training pseudo-masks (`mzs train-weak`,
 shared engine) for each seed; it and the pseudo-masks are scored against ground truth on

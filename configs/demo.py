@@ -24,7 +24,7 @@ def get_config(arg=None):
     # Stage 1: tiny CLIP on generated captions (X-ray / MRI / CT phantoms in turn).
     c.clip = ml_collections.ConfigDict()
     c.clip.model = "tiny"
-    c.clip.n_captions = 400 if quick else 1500  # 85/15 train/val split (F6/F3)
+    c.clip.n_captions = 400 if quick else 1500  # 85/15 train/val split
     c.clip.batch_size = 32
     # Only with --from-scratch (or without mzs_jax/assets/phantom_clip): infonce from random init.
     c.clip.pretrain_steps = 40 if quick else 300
@@ -62,7 +62,7 @@ def get_config(arg=None):
     # Scored in the pointing game only: how often this prompt's map peaks on the target ("" = off)
     z.control_prompt = "frontal chest radiograph showing both lungs"
     z.topk = 16  # about a quarter of the tiny ViT's 64 channels (configs/zeroshot_phantom.py)
-    z.layer, z.point = -1, "norm1"  # last block's norm2 has no gradient to patch tokens (F4)
+    z.layer, z.point = -1, "norm1"  # last block's norm2 has no gradient to patch tokens
     z.dpfem_epochs = 2 if quick else 8
     z.segmenter = "grabcut"  # --sam-checkpoint switches to sam
     z.box_mode = "union"  # union (paper) | components | largest

@@ -20,7 +20,7 @@ from mzs_jax.train.defaults import clip_config
 
 
 def build_tokenizer(dc: ml_collections.ConfigDict, out_dir: pathlib.Path) -> pathlib.Path:
-    """WordPiece vocabulary (F1) trained on the training captions of the demo's caption set."""
+    """WordPiece vocabulary trained on the training captions of the demo's caption set."""
     from mzs_jax.data.tokenizer import build_wordpiece_tokenizer
     from mzs_jax.train.clip_task import caption_source
 
@@ -157,7 +157,7 @@ def retrieval(
 
 
 def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -> dict:
-    """Export the model in `workdir` to open_clip safetensors (F1), load it into the PyTorch
+    """Export the model in `workdir` to open_clip safetensors, load it into the PyTorch
     open_clip model (`torch_bridge.clip.build_open_clip`) and compare image embeddings of
     `images` `(B, S, S, 3)` (CLIP-normalised NHWC). Returns the file, its size and the max
     |JAX − torch| difference."""

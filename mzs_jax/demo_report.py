@@ -1,6 +1,6 @@
 """`mzs demo` report: retrieval per loss (Table 1 style), zero-shot vs baselines vs weakly
 supervised IoU/Dice/AUC with t-tests (Table 3 style), pointing game, export check, timings, figures.
-Built from F5's report pieces; every number is read from this run's results or CSVs.
+Built from `pipeline/report.py` pieces; every number is read from this run's results or CSVs.
 """
 
 from __future__ import annotations

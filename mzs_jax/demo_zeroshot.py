@@ -17,7 +17,7 @@ POSITION_WORDS = ("left", "right", "upper", "lower")
 
 
 def make_split(dc, n: int, start: int, folder: pathlib.Path) -> list[dict]:
-    """`n` phantoms of `dc.zeroshot.kind` (F6 generator, seed `data_seed`; only those with one
+    """`n` phantoms of `dc.zeroshot.kind` (`data.phantom` generator, seed `data_seed`; only those with one
     of the comma-separated `findings`, when set), from the `start`-th on, written as
     `folder/images/<id>.png` (grey) and `folder/gt/<id>.png` (0/1 mask of the target)."""
     from mzs_jax.data import phantom
@@ -44,7 +44,7 @@ def make_split(dc, n: int, start: int, folder: pathlib.Path) -> list[dict]:
 
 
 def clip_inputs(samples: list[dict], size: int) -> np.ndarray:
-    """`(B, S, S, 3)` CLIP-normalised NHWC images (F6 transforms)."""
+    """`(B, S, S, 3)` CLIP-normalised NHWC images (`data.transforms`)."""
     from mzs_jax.data.transforms import ToClipInput
 
     to_input = ToClipInput(size)
@@ -52,7 +52,7 @@ def clip_inputs(samples: list[dict], size: int) -> np.ndarray:
 
 
 def stage2_config(dc) -> ml_collections.ConfigDict:
-    """F4's `mzs segment` config (`pipeline.zeroshot.default_config`) with the demo's choices."""
+    """`mzs segment` config (`pipeline.zeroshot.default_config`) with the demo's choices."""
     from mzs_jax.pipeline.zeroshot import default_config
 
     z = dc.zeroshot
@@ -64,7 +64,7 @@ def stage2_config(dc) -> ml_collections.ConfigDict:
 
 
 def prompt_embedding(model, tokenizer_dir: pathlib.Path, prompt: str) -> np.ndarray:
-    """L2-normalised text embedding `(E,)` of `prompt` with the demo tokenizer (F4's encoder)."""
+    """L2-normalised text embedding `(E,)` of `prompt` with the demo tokenizer and the CLIP text tower."""
     from mzs_jax.data.tokenizer import load_tokenizer
     from mzs_jax.pipeline.zeroshot import encode_prompts
 
@@ -73,7 +73,7 @@ def prompt_embedding(model, tokenizer_dir: pathlib.Path, prompt: str) -> np.ndar
 
 
 def saliency_maps(model, model_cfg, samples, text: np.ndarray, cfg, workdir) -> np.ndarray:
-    """Saliency `(B, S, S)` in [0, 1] with F4's configured backend/method, one prompt for all."""
+    """Saliency `(B, S, S)` in [0, 1] with the configured backend/method, one prompt for all."""
     from mzs_jax.pipeline.zeroshot import compute_saliency
 
     images = [s["image"] for s in samples]
@@ -83,7 +83,7 @@ def saliency_maps(model, model_cfg, samples, text: np.ndarray, cfg, workdir) -> 
 
 
 def train_dpfem(samples, sal: np.ndarray, dc, workdir: pathlib.Path):
-    """Annotation-free DPFEM (F4) on the training split's saliency; returns the trained model."""
+    """Annotation-free DPFEM on the training split's saliency; returns the trained model."""
     from mzs_jax.pipeline import dpfem_train
     from mzs_jax.train.checkpoint import restore_model
 
@@ -114,7 +114,7 @@ def refine_maps(model, samples, sal: np.ndarray) -> np.ndarray:
 
 
 def chain(image: np.ndarray, prob: np.ndarray, segmenter, cfg) -> dict:
-    """CRF → threshold → closing → box (F4 `refine`) → segmenter. An empty map gives an empty
+    """CRF → threshold → closing → box (`refine`) → segmenter. An empty map gives an empty
     mask and the note `no_box`."""
     r = postprocess.refine(image, prob, cfg)
     if r.empty:

@@ -1,4 +1,4 @@
-"""Stage 2 localises from the text (F4 Must-show): the shipped phantom CLIP (a tiny CLIP fine-tuned
+"""Stage 2 localises from the text: the shipped phantom CLIP (a tiny CLIP fine-tuned
 on phantom captions, `mzs_jax/assets/phantom_clip/README.md`), gScoreCAM at the configured layer,
 on held-out chest X-ray phantoms with cardiomegaly, prompted for the enlarged cardiac silhouette.
 

@@ -21,7 +21,7 @@ Array = jax.Array
 
 
 def default_config() -> ConfigDict:
-    """`model.context` defaults (disabled); F1 places this under the CLIP model config."""
+    """`model.context` defaults (disabled); it sits under the CLIP model config."""
     c = ConfigDict()
     c.enabled = False
     c.hidden = 256

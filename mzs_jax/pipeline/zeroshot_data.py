@@ -1,6 +1,6 @@
 """Cases for `mzs segment` (stage 2): phantoms, COVID-QU-Ex (2D), ACDC (volumes, slice by slice,
 written back as NIfTI in the original geometry) and Synapse test volumes (slice by slice, written
-as `(Z, H, W)` label volumes like `mzs train-weak --predict-synapse`) through F6's loaders."""
+as `(Z, H, W)` label volumes like `mzs train-weak --predict-synapse`) through the `data` loaders."""
 
 from __future__ import annotations
 
