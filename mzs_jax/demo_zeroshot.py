@@ -17,7 +17,7 @@ POSITION_WORDS = ("left", "right", "upper", "lower")
 
 
 def make_split(dc, n: int, start: int, folder: pathlib.Path) -> list[dict]:
-    """`n` phantoms of `dc.zeroshot.kind` (`data.phantom` generator, seed `data_seed`; only those with one
+    """`n` phantoms of `dc.zeroshot.kind` (phantom generator, seed `data_seed`; only those with one
     of the comma-separated `findings`, when set), from the `start`-th on, written as
     `folder/images/<id>.png` (grey) and `folder/gt/<id>.png` (0/1 mask of the target)."""
     from mzs_jax.data import phantom
@@ -64,7 +64,7 @@ def stage2_config(dc) -> ml_collections.ConfigDict:
 
 
 def prompt_embedding(model, tokenizer_dir: pathlib.Path, prompt: str) -> np.ndarray:
-    """L2-normalised text embedding `(E,)` of `prompt` with the demo tokenizer and the CLIP text tower."""
+    """L2-normalised text embedding `(E,)` of `prompt` with the demo tokenizer and text tower."""
     from mzs_jax.data.tokenizer import load_tokenizer
     from mzs_jax.pipeline.zeroshot import encode_prompts
 
