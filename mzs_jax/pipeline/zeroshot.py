@@ -397,9 +397,9 @@ def _dpfem(cfg, workdir, items, sal, rgb) -> dict:
         for (cid, n) in sal
     ]
     dpfem_train.train_dpfem(examples, cfg.dpfem, workdir / "dpfem")
-    from mzs_jax.models import dpfem as dpfem_lib
+    from mzs_jax.train.checkpoint import restore_model
 
-    model = dpfem_lib.load(workdir / "dpfem")
+    model, _ = restore_model(workdir / "dpfem", kind="dpfem")
     keys = list(sal)
     out = dpfem_train.refine_saliency(
         model, np.stack([e["image"] for e in examples]), np.stack([e["saliency"] for e in examples])
