@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mzs_jax.models.vit import dot_product_attention, gelu, linear, remat_layer
+from mzs_jax.models.precision import linear
+from mzs_jax.models.vit import dot_product_attention, gelu, remat_layer
 
 
 class BertEmbeddings(nnx.Module):

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mzs_jax.models.precision import DOT_NAME, linear, mixed_einsum
+
 TAP_POINTS = ("norm1", "norm2")
 # "token": class token (timm default, BiomedCLIP); "avg": mean of the patch tokens after the final
 # norm (open_clip `timm_pool="avg"`), so the pooled embedding is the mean of the dense ones;
@@ -33,7 +35,10 @@ def remat_layer(fn, remat: str, static_argnums: tuple[int, ...] = ()):
         raise ValueError(f"model.remat must be one of {REMAT}, got {remat!r}")
     if remat == "none":
         return fn
-    policy = jax.checkpoint_policies.dots_saveable if remat == "dots_saveable" else None
+    cp = jax.checkpoint_policies
+    policy = None
+    if remat == "dots_saveable":  # mixed_einsum's dots are custom-VJP ops, saved by name
+        policy = cp.save_from_both_policies(cp.dots_saveable, cp.save_only_these_names(DOT_NAME))
 
     def run(layer, *args):
         graphdef, state = nnx.split(layer)
@@ -58,21 +63,12 @@ def dot_product_attention(
     dtype = dtype or q.dtype
     scale = q.shape[-1] ** -0.5
     f32 = jnp.float32
-    logits = jnp.einsum(
-        "bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype), preferred_element_type=f32
-    )
+    logits = mixed_einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype))
     logits = logits * scale
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(f32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype), preferred_element_type=f32)
-
-
-def linear(in_features: int, out_features: int, **kw) -> nnx.Linear:
-    """`nnx.Linear` that accumulates and returns float32: with a bf16 `dtype` its operands are
-    bf16 (params cast inside), the form XLA:CPU runs as a bf16 matmul; a bf16-out dot is
-    upcast to float32 there. Same values as a plain Linear in float32."""
-    return nnx.Linear(in_features, out_features, preferred_element_type=jnp.float32, **kw)
+    return mixed_einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype))
 
 
 # Rational minimax approximation of erf on [-4, 4] (Eigen's `generic_fast_erf_float`, which
@@ -248,7 +244,7 @@ class VisionTransformer(nnx.Module):
         patches = patches.reshape(b, g * g, p * p * 3).astype(self.dtype)
         conv = self.patch_embed
         kernel = conv.kernel[...].reshape(p * p * 3, -1).astype(self.dtype)  # HWIO → (HWI, O)
-        out = jnp.matmul(patches, kernel, preferred_element_type=jnp.float32)
+        out = mixed_einsum("bnk,kw->bnw", patches, kernel)
         return out + conv.bias[...].astype(self.dtype)
 
     def _check_tap(self, tap) -> tuple[int | None, str | None]:
