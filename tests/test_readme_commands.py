@@ -117,7 +117,7 @@ def test_every_readme_command_has_a_small_run_here():
 
 def test_readme_setup_block_is_the_two_ci_commands():
     block = README.split("<!-- setup -->\n", 1)[1].split("<!-- /setup -->", 1)[0]
-    assert block.split("\n")[:2] == ['pip install -e ".[dev]"', "python -m pytest -q -n 2"]
+    assert block.split("\n")[:2] == ['pip install -e ".[dev]"', "python -m pytest -q"]
 
 
 @pytest.mark.slow
