@@ -67,9 +67,14 @@ def mixed_einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _linear_dot_general(lhs, rhs, dimension_numbers, precision=None, **kw):
-    """`dot_general` for `nnx.Linear` (contract the inputs' last axis with the kernel's first)."""
-    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or kw.get("out_sharding"):
-        raise ValueError(f"linear: unsupported dot_general {dimension_numbers}, {kw}")
+    """`dot_general` for `nnx.Linear` (contract the inputs' last axis with the kernel's first).
+    A per-layer `precision` or `out_sharding` is refused rather than dropped (the global
+    `jax_default_matmul_precision` applies)."""
+    unsupported = precision is not None or kw.get("out_sharding") is not None
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or unsupported:
+        raise ValueError(
+            f"linear: unsupported dot_general {dimension_numbers}, precision={precision}, {kw}"
+        )
     return mixed_einsum("...i,io->...o", lhs, rhs)
 
 
