@@ -1,7 +1,7 @@
 """`mzs bench`: run the `bench/` scripts and write one Markdown file with the machine description.
 
 Each script defines `main(argv: list[str]) -> str` returning its Markdown section; every figure in
-it is measured in that run. Scripts live in the source checkout's `bench/` folder.
+it is measured in that run. Scripts live in `bench/` (packaged as `mzs_jax.bench`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ SCRIPTS = {
 
 
 def bench_dir() -> pathlib.Path:
-    here = pathlib.Path(__file__).resolve().parents[1] / "bench"
+    from mzs_jax.resources import bench_dir as packaged
+
+    here = packaged()
     if not here.is_dir():
-        raise FileNotFoundError(f"bench scripts not found at {here}: run from a source checkout")
+        raise FileNotFoundError(f"bench scripts not found at {here}: reinstall mzs-jax")
     return here
 
 

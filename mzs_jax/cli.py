@@ -58,7 +58,11 @@ def load_config(config_args: list[str]):
         return None
     if not any(a.startswith("--config=") for a in config_args):
         raise ConfigError("--config.key=value overrides given without --config FILE.py")
-    path = next(a.split("=", 1)[1] for a in config_args if a.startswith("--config="))
+    from mzs_jax.resources import config_path
+
+    given = next(a.split("=", 1)[1] for a in config_args if a.startswith("--config="))
+    path = config_path(given)
+    config_args = [f"--config={path}" if a == f"--config={given}" else a for a in config_args]
     file_part = path.split(":", 1)[0]
     if not pathlib.Path(file_part).is_file():
         raise ConfigError(f"config file not found: {file_part}")

@@ -54,7 +54,9 @@ def demo_config(args):
         return args.config
     import importlib.util
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+    from mzs_jax.resources import configs_dir
+
+    path = configs_dir() / "demo.py"
     if not path.is_file():
         raise FileNotFoundError(f"demo config not found: {path}")
     spec = importlib.util.spec_from_file_location("demo_config", path)
