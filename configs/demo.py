@@ -55,8 +55,9 @@ def get_config(arg=None):
     z.findings = "cardiomegaly"  # "" = all phantoms; or comma-separated data.phantom.FINDINGS
     z.structure = "heart"  # key of the phantom's `structures`
     z.prompt = "chest x-ray showing an enlarged cardiac silhouette consistent with cardiomegaly"
-    z.n_train = 32 if quick else 120  # pseudo-masks for stage 3 (and DPFEM's training set)
+    z.n_train = 32 if quick else 120  # pseudo-masks for stage 3
     z.n_test = 12 if quick else 48  # held-out, scored against ground truth
+    z.n_dpfem = z.n_train  # DPFEM's own unlabelled phantoms (after both), never scored
     z.data_seed = 1  # a different seed from the caption set: these images were never seen
     z.saliency = "gscorecam"  # gscorecam | gradcam | dense (the report scores all three)
     # Scored in the pointing game only: how often this prompt's map peaks on the target ("" = off)

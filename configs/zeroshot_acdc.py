@@ -12,7 +12,9 @@ from mzs_jax.pipeline.zeroshot import default_config
 def get_config(arg=None):
     c = default_config()
     c.dataset = "acdc"
-    c.data.source, c.data.split, c.data.n = "acdc", "all", 0
+    c.data.source, c.data.split, c.data.n = "acdc", "val", 0
+    # DPFEM trains on unlabelled maps of 40 training-split volumes, never on the scored val ones.
+    c.dpfem.train_data.split, c.dpfem.train_data.n = "train", 40
     c.prompts = {
         "left ventricle": "cardiac MRI short-axis slice showing the left ventricle",
         "myocardium": "cardiac MRI short-axis slice showing the myocardium",

@@ -14,6 +14,8 @@ def get_config(arg=None):
     c = default_config()
     c.dataset = "covidqu"
     c.data.source, c.data.split, c.data.task, c.data.n = "covidqu", "test", "lung", 0
+    # DPFEM trains on unlabelled maps of 500 training-split images, never on the scored ones.
+    c.dpfem.train_data.split, c.dpfem.train_data.n = "train", 500
     c.prompts = {"lungs": "frontal chest radiograph showing both lungs"}
     c.labels = {"lungs": 1}  # the lung (or infection) mask is binary
     c.saliency.method = arg or "gscorecam"

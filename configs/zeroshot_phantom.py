@@ -40,6 +40,7 @@ def get_config(arg=None):
     c.saliency.m2ib.layer = 0  # the tiny ViT has 2 blocks: the bottleneck after the first
     c.postprocess.method = "kmeans" if "kmeans" in words else "crf"
     c.dpfem.width, c.dpfem.stem_stride, c.dpfem.num_epochs = 16, 4, 10
+    c.dpfem.train_data.start = 10_000  # DPFEM's own phantoms, disjoint from the scored 0..n-1
     c.dpfem.data.num_threads, c.dpfem.data.prefetch = 1, 2
     c.segmenter.name = "grabcut"
     return c

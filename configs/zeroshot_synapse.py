@@ -15,7 +15,9 @@ from mzs_jax.pipeline.zeroshot import default_config
 def get_config(arg=None):
     c = default_config()
     c.dataset = "synapse"
-    c.data.source, c.data.n = "synapse", 0
+    c.data.source, c.data.split, c.data.n = "synapse", "test", 0
+    # DPFEM trains on unlabelled maps of 500 train_npz slices, never on the scored test volumes.
+    c.dpfem.train_data.split, c.dpfem.train_data.n = "train", 500
     c.prompts = {name: f"axial abdominal CT slice showing the {name}" for name in SYNAPSE_LABELS}
     c.labels = dict(SYNAPSE_LABELS)
     c.saliency.method = arg or "gscorecam"

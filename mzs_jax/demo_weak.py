@@ -8,121 +8,115 @@ from __future__ import annotations
 import collections
 import pathlib
 
-import ml_collections
 import numpy as np
 
 from mzs_jax import demo_zeroshot as zs
-from mzs_jax.pipeline import evaluate
+from mzs_jax.pipeline import baselines, evaluate
+from mzs_jax.pipeline.baselines import POSITION_PRIOR
 from mzs_jax.pipeline.saliency import METHODS
+from mzs_jax.pipeline.zeroshot import slug
 
-DATASET = "xray-phantom"
+DATASET = zs.DATASET
 ZERO_SHOT = "zero-shot chain"
 WEAK = "weak ResUNet"
 
 
 def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoint):
-    """Saliency → DPFEM → CRF → box → segmenter on both splits; baselines on the test split.
-    Writes masks under `w/zeroshot/{train,test}/...` and the per-case CSV rows to
-    `w/eval/metrics.csv`. Returns everything the report needs."""
-    from mzs_jax.pipeline.segmenters import default_config, make_segmenter
-    from mzs_jax.train.checkpoint import restore_model
+    """Stage 2 as `mzs segment` runs it (`segment_dataset`): on the test split (DPFEM trained on
+    its own phantoms), then on the train split reusing that DPFEM (the pseudo-masks); baselines
+    and the pointing game on the test split. Workdirs `w/zeroshot/{test,train}` (each with its
+    `config.json`), per-case rows in the returned dict. Returns everything the report needs."""
+    from mzs_jax.pipeline.segmenters import make_segmenter
+    from mzs_jax.pipeline.zeroshot import segment_dataset
 
     z = dc.zeroshot
-    model, model_cfg = restore_model(clip_dir)
-    text = zs.prompt_embedding(model, tok, z.prompt)
-    s2 = zs.stage2_config(dc)
-    raw_train = zs.saliency_maps(model, model_cfg, train_s, text, s2, w / "zeroshot")
-    raw_test = zs.saliency_maps(model, model_cfg, test_s, text, s2, w / "zeroshot")
-    dpfem = zs.train_dpfem(train_s, raw_train, dc, w / "zeroshot" / "dpfem")
-    ref_train = zs.refine_maps(dpfem, train_s, raw_train)
-    ref_test = zs.refine_maps(dpfem, test_s, raw_test)
-
-    seg_cfg = default_config()
-    if sam_checkpoint is not None:
-        seg_cfg.name, seg_cfg.checkpoint = "sam", str(sam_checkpoint)
-    else:
-        seg_cfg.name = z.segmenter
-    segmenter = make_segmenter(seg_cfg)
-    pp = s2.postprocess
-    out_train = [
-        zs.chain(s["image"], m, segmenter, pp) for s, m in zip(train_s, ref_train, strict=True)
-    ]
-    out_test = [
-        zs.chain(s["image"], m, segmenter, pp) for s, m in zip(test_s, ref_test, strict=True)
-    ]
-    zdir = w / "zeroshot"
-    pseudo = zs.write_masks(zdir / "train" / "masks", train_s, [o["mask"] for o in out_train])
-    zs.write_masks(
-        zdir / "test" / ZERO_SHOT.replace(" ", "_"), test_s, [o["mask"] for o in out_test], ref_test
-    )
-    base = zs.baselines(test_s, out_test, segmenter, z.prompt, int(dc.seed))
-    gt_dir = w / "data" / "xray_test" / "gt"
-    rows = evaluate.evaluate_dirs(
-        zdir / "test" / ZERO_SHOT.replace(" ", "_"),
-        gt_dir,
-        method=ZERO_SHOT,
-        dataset=DATASET,
-        seed=0,
-    )
-    for name, masks in base["masks"].items():
-        # A baseline has no soft map: its AUC is that of the hard mask used as the score.
-        folder = zs.write_masks(
-            zdir / "test" / name.replace(" ", "_"),
-            test_s,
-            masks,
-            [m.astype(np.float32) for m in masks],
-        )
-        rows += evaluate.evaluate_dirs(folder, gt_dir, method=name, dataset=DATASET, seed=0)
-    gts = [s["gt"] for s in test_s]
-    h, w_ = gts[0].shape
-    rand_hits = [g[y, x] for (y, x), g in zip(base["points"], gts, strict=True)]
-    pointing = {f"raw {z.saliency} argmax": zs.pointing_game(raw_test, gts)}
-    if z.control_prompt:  # text-driven: another prompt's map should not peak on the target
-        ctrl = zs.prompt_embedding(model, tok, z.control_prompt)
-        maps = zs.saliency_maps(model, model_cfg, test_s, ctrl, s2, w / "zeroshot")
-        pointing[f"raw {z.saliency} argmax, control prompt {z.control_prompt!r}"] = (
-            zs.pointing_game(maps, gts)
-        )
-    for method in (m for m in METHODS if m != z.saliency):  # the other methods, same cases
-        g = ml_collections.ConfigDict(s2.to_dict())
-        g.saliency.method = method
-        maps = zs.saliency_maps(model, model_cfg, test_s, text, g, w / "zeroshot")
-        pointing[f"raw {method} argmax"] = zs.pointing_game(maps, gts)
-    pointing |= {
-        "DPFEM-refined argmax": zs.pointing_game(ref_test, gts),
-        "random body point": float(np.mean(rand_hits)),
-        "image centre": float(np.mean([g[h // 2, w_ // 2] for g in gts])),
-    }
-    pseudo_dice = np.mean(
-        [evaluate.dice(o["mask"], s["gt"]) for o, s in zip(out_train, train_s, strict=True)]
-    )
+    test_cfg = zs.stage2_config(dc, clip_dir, tok, "test", sam_checkpoint)
+    segment_dataset(test_cfg, w / "zeroshot" / "test")
+    train_cfg = zs.stage2_config(dc, clip_dir, tok, "train", sam_checkpoint)
+    train_cfg.dpfem.reuse = str(w / "zeroshot" / "test")
+    segment_dataset(train_cfg, w / "zeroshot" / "train")
+    test = zs.read_run(w / "zeroshot" / "test", test_s, z.structure)
+    train = zs.read_run(w / "zeroshot" / "train", train_s, z.structure)
+    segmenter = make_segmenter(test_cfg.segmenter)
+    rows, points = _scored_rows(dc, w, test_s, test, segmenter)
+    records = test["records"] + train["records"]
     return {
         "rows": rows,
         "segmenter": segmenter.name,
         "segmenter_is_sam": sam_checkpoint is not None,
-        "pseudo_dir": pseudo,
-        "pseudo_train_dice": float(pseudo_dice),
-        "pointing": pointing,
-        "no_box": sum(o["note"] == "no_box" for o in out_train + out_test),
-        "notes": dict(
-            collections.Counter(
-                o["note"] for o in out_train + out_test if o["note"] not in ("", "no_box")
-            )
-        ),
+        "pseudo_dir": w / "zeroshot" / "train" / "masks",
+        "pseudo_train_dice": float(np.mean([r["dice"] for r in train["records"]])),
+        "pointing": _pointing(dc, w, test_cfg, test_s, test, points),
+        "no_box": sum(bool(r["empty"]) for r in records),
+        "notes": dict(collections.Counter(r["note"] for r in records if r["note"])),
         "test_dice": float(np.mean([r["dice"] for r in rows if r["method"] == ZERO_SHOT])),
         "overlays": [
             {
                 "image": s["image"][..., 0],
-                "raw": raw_test[i],
-                "saliency": ref_test[i],
-                "box": out_test[i]["box"],
-                "mask": out_test[i]["mask"],
+                "raw": test["raw"][i],
+                "saliency": test["refined"][i],
+                "box": test["records"][i]["boxes"][0] if test["records"][i]["boxes"] else None,
+                "mask": test["masks"][i],
                 "gt": s["gt"],
                 "id": s["id"],
             }
             for i, s in enumerate(test_s[: int(z.n_overlays)])
         ],
-        "position_prior": "position prior" in base["masks"],
+        "position_prior": POSITION_PRIOR in _baseline_names(z.prompt),
+    }
+
+
+def _baseline_names(prompt: str) -> list[str]:
+    side, zone = baselines.prompt_position(prompt)
+    return [baselines.WHOLE_BODY, baselines.RANDOM_POINT] + (
+        [POSITION_PRIOR] if side or zone else []
+    )
+
+
+def _scored_rows(dc, w, test_s, test: dict, segmenter) -> tuple[list[dict], list]:
+    """Per-case rows (evaluate's format) of the chain's test masks, with the DPFEM-refined map as
+    the AUC score, and of each baseline's masks; the baselines' random points."""
+    zdir, gt_dir = w / "zeroshot" / "test", w / "data" / "xray_test" / "gt"
+    chain_dir = zs.write_masks(
+        zdir / ZERO_SHOT.replace(" ", "_"), test_s, test["masks"], test["refined"]
+    )
+    rows = evaluate.evaluate_dirs(chain_dir, gt_dir, method=ZERO_SHOT, dataset=DATASET, seed=0)
+    boxes = [r["boxes"][0] if r["boxes"] else None for r in test["records"]]
+    images = [s["image"] for s in test_s]
+    base = baselines.baseline_masks(images, boxes, segmenter, dc.zeroshot.prompt, int(dc.seed))
+    for name, masks in base["masks"].items():
+        # A baseline has no soft map: its AUC is that of the hard mask used as the score.
+        probs = [m.astype(np.float32) for m in masks]
+        folder = zs.write_masks(zdir / name.replace(" ", "_"), test_s, masks, probs)
+        rows += evaluate.evaluate_dirs(folder, gt_dir, method=name, dataset=DATASET, seed=0)
+    return rows, base["points"]
+
+
+def _pointing(dc, w, cfg, test_s, test: dict, points) -> dict:
+    """Hit rate of each map's argmax in the target: the configured method's raw and refined maps,
+    the control prompt's map, the other saliency methods, a random body point, the image centre."""
+    from mzs_jax.pipeline.zeroshot import encode_prompts, load_clip
+
+    z = dc.zeroshot
+    gts = [s["gt"] for s in test_s]
+    h, w_ = gts[0].shape
+    pointing = {f"raw {z.saliency} argmax": zs.pointing_game(test["raw"], gts)}
+    model, tok, model_cfg = load_clip(cfg)
+    text = encode_prompts(model, tok, {"target": z.prompt, "control": z.control_prompt or "x"})
+    if z.control_prompt:  # text-driven: another prompt's map should not peak on the target
+        maps = zs.saliency_maps(model, model_cfg, test_s, text["control"], cfg, w / "zeroshot")
+        key = f"raw {z.saliency} argmax, control prompt {z.control_prompt!r}"
+        pointing[key] = zs.pointing_game(maps, gts)
+    for method in (m for m in METHODS if m != z.saliency):  # the other methods, same cases
+        g = zs.other_method(cfg, method)
+        maps = zs.saliency_maps(model, model_cfg, test_s, text["target"], g, w / "zeroshot")
+        pointing[f"raw {method} argmax"] = zs.pointing_game(maps, gts)
+    return pointing | {
+        "DPFEM-refined argmax": zs.pointing_game(test["refined"], gts),
+        "random body point": float(
+            np.mean([g[y, x] for (y, x), g in zip(points, gts, strict=True)])
+        ),
+        "image centre": float(np.mean([g[h // 2, w_ // 2] for g in gts])),
     }
 
 
@@ -136,6 +130,7 @@ def weak_config(dc, w: pathlib.Path, seed: int):
     d = c.data
     d.images = str(w / "data" / "xray_train" / "images")
     d.pseudo_masks = str(w / "zeroshot" / "train" / "masks")
+    d.pseudo_classes = (slug(dc.zeroshot.structure),)
     d.image_size, d.in_channels, d.num_classes = int(dc.image_size), 1, 2
     d.num_threads, d.prefetch = 1, 4
     c.batch_size = int(dc.weak.batch_size)

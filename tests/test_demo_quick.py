@@ -7,11 +7,10 @@ import re
 
 import numpy as np
 import pytest
-from demo_run import quick_demo
+from demo_run import quick_demo, run_mzs
 from PIL import Image
 
 from mzs_jax import demo, demo_report
-from mzs_jax import demo_zeroshot as zs
 
 
 def _sections(md: str) -> dict[str, str]:
@@ -114,21 +113,25 @@ def test_prepare_workdir_replaces_only_a_previous_demo_run(tmp_path):
     assert not (tmp_path / "report").exists() and (tmp_path / "notes.txt").exists()
 
 
-@pytest.mark.parametrize(
-    ("prompt", "expected"),
-    [
-        ("nodule in the right lower lung zone", ("right", "lower")),
-        ("Chest X-ray showing clear lungs", (None, None)),
-        ("opacity in the LEFT lung", ("left", None)),
-    ],
-)
-def test_prompt_position_reads_side_and_zone_words(prompt, expected):
-    assert zs.prompt_position(prompt) == expected
-
-
-def test_prior_box_is_the_named_quadrant_of_the_body_box():
-    body = np.zeros((40, 40), bool)
-    body[4:36, 8:32] = True
-    assert zs.prior_box(body, "right", "upper").tolist() == [8, 4, 20, 20]  # image left
-    assert zs.prior_box(body, "left", "lower").tolist() == [20, 20, 32, 36]
-    assert zs.prior_box(body, None, None).tolist() == [8, 4, 32, 36]
+@pytest.mark.slow
+def test_segment_replaying_the_demo_config_gives_the_demo_masks(tmp_path):
+    """`mzs demo` runs stage 2 through `segment_dataset`: `mzs segment` with the demo's saved
+    config (configs/replay.py) retrains DPFEM and writes the same masks, case by case."""
+    work, _ = quick_demo()
+    demo_run = work / "zeroshot" / "test"
+    proc = run_mzs(
+        "segment",
+        "--config",
+        f"configs/replay.py:{demo_run / 'config.json'}",
+        "--workdir",
+        str(tmp_path / "seg"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    demo_masks = sorted((demo_run / "masks").glob("*.png"))
+    assert len(demo_masks) == 12  # configs/demo.py quick: n_test
+    for path in demo_masks:
+        a = np.asarray(Image.open(path))
+        b = np.asarray(Image.open(tmp_path / "seg" / "masks" / path.name))
+        assert np.array_equal(a, b), path.name
+    trained = (demo_run / "dpfem" / "train_cases.json").read_text()
+    assert (tmp_path / "seg" / "dpfem" / "train_cases.json").read_text() == trained

@@ -80,8 +80,50 @@ def test_segment_writes_masks_figures_metrics_and_resumes(
     capsys.readouterr()
     assert cli.main(argv) == 0  # resumed: nothing recomputed
     printed = capsys.readouterr().out
-    assert "[segment]" not in printed and "[saliency]" not in printed
+    assert "[segment]" not in printed and "[saliency]" not in printed and "[dpfem]" not in printed
     assert len((out / "cases.jsonl").read_text().splitlines()) == 8
+    if dpfem:
+        _check_dpfem_split(clip_workdir, tmp_path, out, records, capsys)
+
+
+def _check_dpfem_split(clip_workdir, tmp_path, out, records, capsys):
+    """DPFEM trained on its own phantoms (start 10000), recorded, disjoint from the scored ones;
+    another run reuses it; scoring its training cases is refused, with or without reuse."""
+    from mzs_jax.pipeline.zeroshot_dpfem import case_key
+
+    cfg = cli.load_config(["--config=configs/zeroshot_phantom.py", "--config.data.n=4"])
+    trained = json.loads((out / "dpfem" / "train_cases.json").read_text())
+    assert trained["data"]["start"] == 10_000 and len(trained["cases"]) == 4
+    scored = {case_key(cfg.data, r["case"]) for r in records}
+    assert len(scored) == 4 and not scored & set(trained["cases"])
+
+    reused = tmp_path / "reused"
+    argv = _argv(clip_workdir, reused, "--config.data.start=4", f"--config.dpfem.reuse={out}")
+    assert cli.main(argv) == 0
+    assert not (reused / "dpfem").exists()  # nothing trained: the DPFEM of `out` was used
+    assert len((reused / "cases.jsonl").read_text().splitlines()) == 8
+
+    capsys.readouterr()
+    argv = _argv(
+        clip_workdir, tmp_path / "x", "--config.data.start=10002", f"--config.dpfem.reuse={out}"
+    )
+    assert cli.main(argv) == 1
+    assert "2 scored case(s) are among the cases DPFEM was trained on" in capsys.readouterr().err
+    argv = _argv(clip_workdir, tmp_path / "y", "--config.dpfem.train_data.start=2")
+    assert cli.main(argv) == 1
+    assert "2 scored case(s) are among the cases DPFEM was trained on" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "dpfem" / "ckpt").exists()  # refused before training
+
+
+def test_dpfem_without_a_training_split_is_a_clear_error(tmp_path):
+    from mzs_jax.pipeline import zeroshot_dpfem
+
+    cfg = zeroshot.default_config()  # dpfem.train_data: every key None
+    with pytest.raises(ValueError, match="dpfem.train_data is empty"):
+        zeroshot_dpfem.trained_model(cfg, tmp_path, [], lambda split: ([], []))
+    cfg.dpfem.reuse = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no train_cases.json"):
+        zeroshot_dpfem.trained_model(cfg, tmp_path, [], lambda split: ([], []))
 
 
 def test_dpfem_bypass_and_crf_segmenter_and_dense_method(
@@ -152,6 +194,7 @@ def test_acdc_volumes_are_segmented_slice_by_slice_and_written_in_original_geome
         str(out),
         f"--config.clip_workdir={clip_workdir}",
         f"--config.data.path={data}",
+        "--config.data.split=all",  # one patient; no DPFEM, so nothing is trained on them
         "--config.dpfem.enabled=False",
         "--config.figures=False",
         "--config.segmenter.name=crf",
@@ -173,7 +216,7 @@ def test_synapse_test_volumes_are_segmented_and_scored_volume_wise(
 ):
     from mzs_jax.data.phantom_formats import write_synapse
     from mzs_jax.pipeline import evaluate
-    from mzs_jax.pipeline.zeroshot import _slug
+    from mzs_jax.pipeline.zeroshot import slug
 
     monkeypatch.chdir(repo_root)
     write_synapse(tmp_path / "synapse", 5, size=32, n_slices=3)
@@ -199,7 +242,7 @@ def test_synapse_test_volumes_are_segmented_and_scored_volume_wise(
     # Each slice's masks land in its own plane; the last prompt (stomach, 8) is written last.
     for z in range(3):
         masks = {
-            name: np.asarray(Image.open(out / "masks" / f"{pred.stem}_z{z:03d}_{_slug(name)}.png"))
+            name: np.asarray(Image.open(out / "masks" / f"{pred.stem}_z{z:03d}_{slug(name)}.png"))
             > 0
             for name in ("aorta", "gallbladder", "left kidney", "right kidney", "liver",
                          "pancreas", "spleen", "stomach")
@@ -241,7 +284,7 @@ def test_torch_and_jax_saliency_backends_give_the_same_maps_in_the_pipeline(
 
 def test_token_cells_and_the_cell_pointing_game_on_a_non_square_image():
     from mzs_jax.pipeline import postprocess
-    from mzs_jax.pipeline.zeroshot import localisation, token_cells
+    from mzs_jax.pipeline.zeroshot_outputs import localisation, token_cells
 
     gt = np.zeros((12, 20), bool)
     gt[5, 9] = True  # rows 0-2|3-5|6-8|9-11 and columns 0-4|5-9|10-14|15-19 on a 4×4 grid

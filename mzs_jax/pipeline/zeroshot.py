@@ -6,20 +6,21 @@ figures, per-case Dice/IoU (evaluate's CSV format) and localisation figures; res
 
 from __future__ import annotations
 
+import collections
 import json
 import pathlib
 import time
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image
+from ml_collections.config_dict import placeholder
 
 from mzs_jax.data import transforms
-from mzs_jax.pipeline import dpfem_train, m2ib, postprocess, saliency, segmenters
+from mzs_jax.pipeline import dpfem_train, m2ib, postprocess, saliency, segmenters, zeroshot_dpfem
 from mzs_jax.pipeline.zeroshot_data import load_cases, write_volumes
+from mzs_jax.pipeline.zeroshot_outputs import localisation, peak, save_figure, save_png
 from mzs_jax.progress import Progress
 
 SALIENCY_METHODS = (*saliency.METHODS, "m2ib")
@@ -42,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
             "n": 32,
             "seed": 1000,
             "size": 64,
+            "start": 0,
             "findings": "",
             "path": "",
             "split": "test",
@@ -65,6 +67,10 @@ def default_config() -> ml_collections.ConfigDict:
         }
     )
     c.dpfem = dpfem_train.default_config()
+    # The split DPFEM trains on: each key set here overrides `data` (None keeps it), e.g.
+    # `start` for phantoms or `split="train"`; never the scored cases (pipeline/zeroshot_dpfem.py).
+    c.dpfem.train_data = {k: placeholder(type(v)) for k, v in c.data.items()}
+    c.dpfem.reuse = ""  # a finished `mzs segment` workdir whose DPFEM to use instead of training
     c.postprocess = postprocess.default_config()
     c.segmenter = segmenters.default_config()
     c.figures = True
@@ -157,215 +163,38 @@ def _torch_clip(model, model_cfg, workdir):
     return build_open_clip(model_cfg, weights=path)
 
 
-# ----------------------------------------------------------------------------- outputs
-
-
-def token_cells(gt: np.ndarray, grid: int) -> np.ndarray:
-    """Bool `(grid, grid)`: which cells of the image tower's token grid touch the mask `gt`."""
-    h, w = gt.shape
-    cy, cx = np.arange(h) * grid // h, np.arange(w) * grid // w
-    cells = np.zeros((grid, grid), bool)
-    np.logical_or.at(cells, (cy[:, None].repeat(w, 1), cx[None, :].repeat(h, 0)), gt)
-    return cells
-
-
-def peak(sal: np.ndarray) -> tuple[int, int]:
-    """Pixel `(row, col)` of the argmax of a map `(H, W)` (the pointing game's point)."""
-    iy, ix = np.unravel_index(int(np.argmax(sal)), sal.shape)
-    return int(iy), int(ix)
-
-
-def peak_cell(sal: np.ndarray, grid: int) -> tuple[int, int]:
-    """Token-grid cell `(row, col)` of the argmax of a map `(H, W)` (cells as `token_cells`)."""
-    iy, ix = peak(sal)
-    return iy * grid // sal.shape[0], ix * grid // sal.shape[1]
-
-
-def localisation(
-    sal: np.ndarray,
-    refined: postprocess.Refined,
-    gt: np.ndarray,
-    grid: int | None = None,
-    others: Sequence[np.ndarray] = (),
-) -> dict:
-    """Pointing game and box IoU of one map against a GT mask (all `(H, W)`).
-
-    `hit`: the saliency argmax lies in the GT; `random_hit`: the chance a uniform random point
-    does (GT area fraction); with `grid` (the CLIP's token grid side), `cell_hit`: the argmax's
-    token cell touches the GT, and `random_cell`: the fraction of cells that do (the pointing game
-    at the resolution the model sees; a tolerance as in Zhang et al.'s pointing game);
-    `box_iou_raw`: tightest box of min–max saliency > 0.5 (no CRF, no closing) vs the GT box;
-    `box_iou`: the pipeline's box vs the GT box (0 when either is empty).
-    `others`: the other prompts' maps of the same image (the control): `other_hit` /
-    `other_cell` is how often their argmax lands in this GT; text-driven localisation needs
-    `hit` / `cell_hit` well above it, not only above chance.
-    """
-    if not gt.any():
-        return {}
-    gt_box = postprocess.tightest_box(gt)
-    raw_box = postprocess.tightest_box(postprocess.minmax(sal) > 0.5)
-
-    def biou(b):
-        return postprocess.box_iou(b[0], gt_box[0]) if len(b) and len(gt_box) else 0.0
-
-    out = {
-        "hit": float(gt[peak(sal)]),
-        "random_hit": float(gt.mean()),
-        "box_iou_raw": biou(raw_box),
-        "box_iou": biou(refined.boxes),
-    }
-    if len(others):
-        out["other_hit"] = float(np.mean([gt[peak(o)] for o in others]))
-    if grid:
-        cells = token_cells(gt, grid)
-        out.update(cell_hit=float(cells[peak_cell(sal, grid)]), random_cell=float(cells.mean()))
-        if len(others):
-            out["other_cell"] = float(np.mean([cells[peak_cell(o, grid)] for o in others]))
-    return out
-
-
-def save_png(mask: np.ndarray, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(mask, np.uint8) * 255).save(path)
-
-
-def save_figure(path, image, sal, refined_sal, refined, mask, title: str) -> None:
-    """Overlay figure: image | saliency | refined saliency + box | mask."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    img = np.asarray(image)[..., 0] if np.asarray(image).ndim == 3 else image
-    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
-    panels = [(img, "image"), (sal, "saliency"), (refined_sal, "refined + box"), (mask, "mask")]
-    for ax, (arr, name) in zip(axes, panels, strict=True):
-        ax.imshow(img, cmap="gray")
-        if name != "image":
-            ax.imshow(arr, cmap="jet" if name != "mask" else "Reds", alpha=0.5)
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    for x0, y0, x1, y1 in refined.boxes:
-        axes[2].add_patch(
-            Rectangle(
-                (x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=1.5
-            )
-        )
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------- the stage
 
 
 def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Run stage 2 over `load_cases(cfg)`; returns summary numbers (also in summary.json)."""
-    from mzs_jax.pipeline import evaluate
+    """Run stage 2 over `load_cases(cfg)`; returns summary numbers (also in summary.json).
 
+    Steps: saliency per (case, prompt) → DPFEM (trained on its own split) → one record per
+    (case, prompt) from `segment_case` → volumes (3D sources) → summary."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    write_config(cfg, workdir)
     cases, volumes = load_cases(cfg)
+    if not cases:
+        raise ValueError(f"data: no cases to segment ({cfg.data.to_dict()})")
     model, tok, model_cfg = load_clip(cfg)
     text = encode_prompts(model, tok, dict(cfg.prompts))
     size = int(model_cfg.vision.image_size)
-    items = [(c, name) for c in cases for name in cfg.prompts]
-    sal_dir = workdir / "saliency"
-    sal_dir.mkdir(exist_ok=True)
-    todo = [
-        (c, n) for c, n in items if not (sal_dir / f"{_file_id(c['id'])}_{_slug(n)}.npy").exists()
-    ]
     t0 = time.perf_counter()
-    progress = Progress(len(todo), "saliency", unit="map")
-    bs = int(cfg.saliency.batch_size)
-    for i in range(0, len(todo), bs):
-        chunk = todo[i : i + bs]
-        maps = compute_saliency(
-            model,
-            model_cfg,
-            [c["image"] for c, _ in chunk],
-            np.stack([text[n] for _, n in chunk]),
-            cfg,
-            workdir,
-        )
-        for (c, n), m in zip(chunk, maps, strict=True):
-            np.save(sal_dir / f"{_file_id(c['id'])}_{_slug(n)}.npy", m.astype(np.float32))
-        progress.update(len(chunk))
-    sal_s = (time.perf_counter() - t0) / max(1, len(todo))
-
-    sal = {(c["id"], n): np.load(sal_dir / f"{_file_id(c['id'])}_{_slug(n)}.npy") for c, n in items}
+    sal, n_new = saliency_step(model, model_cfg, cfg, workdir, cases, text, workdir / "saliency")
+    sal_s = (time.perf_counter() - t0) / max(1, n_new)
     rgb = {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in cases}
-    refined_sal = _dpfem(cfg, workdir, items, sal, rgb)
-
-    # The segmented images beside their pseudo-masks, so `mzs train-weak` can read this workdir
-    # as its training set (images/<id>.npy + masks/<id>_<class>.png).
-    (workdir / "images").mkdir(exist_ok=True)
-    for c in cases:
-        image_path = workdir / "images" / f"{_file_id(c['id'])}.npy"
-        if not image_path.exists():
-            np.save(image_path, np.asarray(c["image"], np.float32))
+    refined_sal = refine_step(model, model_cfg, cfg, workdir, cases, text, sal, rgb)
+    write_images(workdir, cases)
 
     seg = segmenters.make_segmenter(cfg.segmenter)
+    grid = size // int(model_cfg.vision.patch_size)
     done_path = workdir / "cases.jsonl"
     done = {(r["case"], r["class"]) for r in _read_jsonl(done_path)}
-    progress = Progress(len(items) - len(done), "segment", unit="mask")
+    items = [(c, n) for c in cases for n in cfg.prompts if (c["id"], n) not in done]
+    progress = Progress(len(items), "segment", unit="mask")
     for c, n in items:
-        if (c["id"], n) in done:
-            continue
-        h, w = c["image"].shape[:2]
-        s = postprocess.minmax(transforms.resize_image(sal[(c["id"], n)], (h, w)))
-        r_s = postprocess.minmax(transforms.resize_image(refined_sal[(c["id"], n)], (h, w)))
-        refined = postprocess.refine(c["image"], r_s, cfg.postprocess)
-        if refined.empty:
-            mask, seg_name = np.zeros((h, w), bool), "none(empty map)"
-        else:
-            mask = seg.segment(c["image"], refined.boxes, init_mask=refined.mask)
-            seg_name = seg.name
-        save_png(mask, workdir / "masks" / f"{_file_id(c['id'])}_{_slug(n)}.png")
-        record = {
-            "case": c["id"],
-            "class": n,
-            "segmenter": seg_name,
-            "postprocess": refined.chain,
-            "empty": refined.empty,
-            "boxes": refined.boxes.tolist(),
-            "note": getattr(seg, "last_note", ""),
-        }
-        if c["gt"] is not None:
-            gt = c["gt"][n]
-            m = evaluate.case_metrics(mask, gt, score=r_s)
-            evaluate.write_csv(
-                evaluate.make_rows(
-                    {0: m},
-                    method="zeroshot",
-                    dataset=cfg.dataset,
-                    seed=0,
-                    case=c["id"],
-                    class_names={0: n},
-                ),
-                workdir / "per_case.csv",
-                append=True,
-            )
-            grid = size // int(model_cfg.vision.patch_size)
-            others = [
-                transforms.resize_image(sal[(c["id"], o)], (h, w)) for o in cfg.prompts if o != n
-            ]
-            record.update(
-                iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt, grid, others)
-            )
-        if cfg.figures:
-            save_figure(
-                workdir / "figures" / f"{_file_id(c['id'])}_{_slug(n)}.png",
-                c["image"],
-                s,
-                r_s,
-                refined,
-                mask,
-                f"{c['id']} · {n} · {seg_name}",
-            )
+        record = segment_case(cfg, workdir, c, n, sal, refined_sal, seg, grid)
         with open(done_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         progress.update(1)
@@ -374,7 +203,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             cfg,
             workdir,
             volumes,
-            lambda cid, n: workdir / "masks" / f"{_file_id(cid)}_{_slug(n)}.png",
+            lambda cid, n: workdir / "masks" / f"{file_id(cid)}_{slug(n)}.png",
         )
     summary = summarize(_read_jsonl(done_path))
     summary["saliency_s_per_map"] = sal_s
@@ -382,35 +211,122 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     return summary
 
 
-def _dpfem(cfg, workdir, items, sal, rgb) -> dict:
-    """Refined saliency per item: DPFEM trained here without labels (or bypassed)."""
+def saliency_step(model, model_cfg, cfg, workdir, cases, text, folder) -> tuple[dict, int]:
+    """`({(case id, class): map (S, S)}, number computed now)`: maps cached as
+    `folder/<case>_<class>.npy`, so a re-run computes only the missing ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def path(c, n):
+        return folder / f"{file_id(c['id'])}_{slug(n)}.npy"
+
+    items = [(c, n) for c in cases for n in cfg.prompts]
+    todo = [(c, n) for c, n in items if not path(c, n).exists()]
+    progress = Progress(len(todo), "saliency", unit="map")
+    bs = int(cfg.saliency.batch_size)
+    for i in range(0, len(todo), bs):
+        chunk = todo[i : i + bs]
+        images = [c["image"] for c, _ in chunk]
+        texts = np.stack([text[n] for _, n in chunk])
+        maps = compute_saliency(model, model_cfg, images, texts, cfg, workdir)
+        for (c, n), m in zip(chunk, maps, strict=True):
+            np.save(path(c, n), m.astype(np.float32))
+        progress.update(len(chunk))
+    return {(c["id"], n): np.load(path(c, n)) for c, n in items}, len(todo)
+
+
+def refine_step(model, model_cfg, cfg, workdir, cases, text, sal, rgb) -> dict:
+    """Refined saliency per `(case, class)`: DPFEM trained without labels on `dpfem.train_data`
+    (or reused from `dpfem.reuse`), never on the scored cases; `sal` itself when disabled."""
     if not cfg.dpfem.enabled:
         return dict(sal)
-    examples = [
-        {
-            "image": rgb[cid],
-            "saliency": postprocess.minmax(sal[(cid, n)]),
-            "target": dpfem_train.crf_target(rgb[cid], sal[(cid, n)], cfg.postprocess.crf).astype(
-                np.float32
-            ),
-        }
-        for (cid, n) in sal
-    ]
-    dpfem_train.train_dpfem(examples, cfg.dpfem, workdir / "dpfem")
-    from mzs_jax.train.checkpoint import restore_model
+    size = int(model_cfg.vision.image_size)
 
-    model, _ = restore_model(workdir / "dpfem", kind="dpfem")
-    keys = list(sal)
-    out = dpfem_train.refine_saliency(
-        model, np.stack([e["image"] for e in examples]), np.stack([e["saliency"] for e in examples])
-    )
-    return dict(zip(keys, out, strict=True))
+    def train_examples(split_cfg):
+        split_cases, _ = load_cases(split_cfg)
+        folder = workdir / "dpfem" / "saliency"
+        maps, _ = saliency_step(model, model_cfg, split_cfg, workdir, split_cases, text, folder)
+        images = {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in split_cases}
+        keys = [zeroshot_dpfem.case_key(split_cfg.data, c["id"]) for c in split_cases]
+        return keys, zeroshot_dpfem.examples(images, maps, cfg.postprocess.crf)
+
+    scored = [zeroshot_dpfem.case_key(cfg.data, c["id"]) for c in cases]
+    dpfem = zeroshot_dpfem.trained_model(cfg, workdir, scored, train_examples)
+    refined = zeroshot_dpfem.refine(dpfem, rgb, sal)
+    (workdir / "refined").mkdir(exist_ok=True)
+    for (cid, n), m in refined.items():
+        np.save(workdir / "refined" / f"{file_id(cid)}_{slug(n)}.npy", m.astype(np.float32))
+    return refined
+
+
+def write_config(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """`WORKDIR/config.json`, the resolved config (`configs/replay.py` runs it again); a workdir
+    with results from another config is refused rather than resumed with mixed settings."""
+    path = workdir / "config.json"
+    text = cfg.to_json_best_effort(indent=1, sort_keys=True)
+    if path.is_file() and (workdir / "cases.jsonl").is_file() and path.read_text() != text:
+        raise ValueError(
+            f"{workdir} holds results of another config ({path}): use a new --workdir, or "
+            f"--config configs/replay.py:{path} to resume it"
+        )
+    path.write_text(text)
+
+
+def write_images(workdir: pathlib.Path, cases: list[dict]) -> None:
+    """The segmented images beside their pseudo-masks, so `mzs train-weak` can read this workdir
+    as its training set (images/<id>.npy + masks/<id>_<class>.png)."""
+    (workdir / "images").mkdir(exist_ok=True)
+    for c in cases:
+        image_path = workdir / "images" / f"{file_id(c['id'])}.npy"
+        if not image_path.exists():
+            np.save(image_path, np.asarray(c["image"], np.float32))
+
+
+def segment_case(cfg, workdir, case, name, sal, refined_sal, seg, grid) -> dict:
+    """One (case, class): CRF → threshold → closing → box → segmenter; writes the mask, the
+    per-case metrics row (with ground truth) and the figure; returns the `cases.jsonl` record."""
+    from mzs_jax.pipeline import evaluate
+
+    cid = case["id"]
+    h, w = case["image"].shape[:2]
+    s = postprocess.minmax(transforms.resize_image(sal[(cid, name)], (h, w)))
+    r_s = postprocess.minmax(transforms.resize_image(refined_sal[(cid, name)], (h, w)))
+    refined = postprocess.refine(case["image"], r_s, cfg.postprocess)
+    if refined.empty:
+        mask, seg_name, note = np.zeros((h, w), bool), "none(empty map)", ""
+    else:
+        mask = seg.segment(case["image"], refined.boxes, init_mask=refined.mask)
+        seg_name, note = seg.name, getattr(seg, "last_note", "")
+    save_png(mask, workdir / "masks" / f"{file_id(cid)}_{slug(name)}.png")
+    record = {
+        "case": cid,
+        "class": name,
+        "segmenter": seg_name,
+        "postprocess": refined.chain,
+        "empty": refined.empty,
+        "boxes": refined.boxes.tolist(),
+        "note": note,
+    }
+    if case["gt"] is not None:
+        gt = case["gt"][name]
+        m = evaluate.case_metrics(mask, gt, score=r_s)
+        rows = evaluate.make_rows(
+            {0: m}, method="zeroshot", dataset=cfg.dataset, seed=0, case=cid, class_names={0: name}
+        )
+        evaluate.write_csv(rows, workdir / "per_case.csv", append=True)
+        others = [transforms.resize_image(sal[(cid, o)], (h, w)) for o in cfg.prompts if o != name]
+        record.update(iou=m["iou"], dice=m["dice"], **localisation(s, refined, gt, grid, others))
+        record["refined_hit"] = float(gt[peak(r_s)])
+    if cfg.figures:
+        figure = workdir / "figures" / f"{file_id(cid)}_{slug(name)}.png"
+        save_figure(figure, case["image"], s, r_s, refined, mask, f"{cid} · {name} · {seg_name}")
+    return record
 
 
 SUMMARY_KEYS = (
     "iou",
     "dice",
     "hit",
+    "refined_hit",
     "random_hit",
     "other_hit",
     "cell_hit",
@@ -440,6 +356,9 @@ def summarize(records: list[dict]) -> dict:
     return _means(records) | {
         "n": len(records),
         "n_empty": sum(bool(r["empty"]) for r in records),
+        # The segmenter's fallbacks (GrabCut: seed mask used), counted by note.
+        "n_fallback": sum(bool(r.get("note")) for r in records),
+        "fallbacks": dict(collections.Counter(r["note"] for r in records if r.get("note"))),
         "segmenters": sorted({r["segmenter"] for r in records}),
         "postprocess": sorted({r.get("postprocess", "") for r in records}),
         "per_class": per_class,
@@ -455,13 +374,13 @@ def _nan_to_null(x):
     return None if isinstance(x, float) and np.isnan(x) else x
 
 
-def _file_id(case_id: str) -> str:
+def file_id(case_id: str) -> str:
     """A case id as a flat file name: COVID-QU-Ex ids hold their class folder
     (`COVID-19/covid_10` -> `COVID-19__covid_10`)."""
     return case_id.replace("/", "__")
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name)
 
 

@@ -43,7 +43,9 @@ def _phantom(cfg) -> list[dict]:
     from mzs_jax.data import phantom
 
     d = cfg.data
-    samples = phantom.generate(d.kind, int(d.n), int(d.seed), int(d.size), findings=str(d.findings))
+    samples = phantom.generate(
+        d.kind, int(d.n), int(d.seed), int(d.size), start=int(d.start), findings=str(d.findings)
+    )
     known = phantom.STRUCTURES[d.kind]
     for name in cfg.prompts:
         if name not in known:
@@ -107,9 +109,20 @@ def _acdc(cfg) -> tuple[list[dict], dict]:
 
 def _synapse(cfg) -> tuple[list[dict], dict]:
     """Test volumes `test_vol_h5/<case>.npy.h5` (TransUNet preprocessing: CT clipped to
-    [-125, 275] HU and scaled to [0, 1]), one case per axial slice."""
+    [-125, 275] HU and scaled to [0, 1]), one case per axial slice; `split="train"`: the
+    `train_npz` slices, one case each (`data.n` of them)."""
     from mzs_jax.data.synapse import SynapseSlices, load_h5_volume
 
+    if cfg.data.split == "train":  # the train_npz slices (DPFEM's split): 2D cases, no volumes
+        src = SynapseSlices(cfg.data.path, split="train")
+        cases = []
+        for i in range(_limit(len(src), cfg)):
+            ex = src[i]
+            gt = {name: np.isin(ex["mask"], _labels(cfg, name)) for name in cfg.prompts}
+            cases.append({"id": ex["id"], "image": np.clip(ex["image"], 0, 1), "gt": gt})
+        return cases, {}
+    if cfg.data.split != "test":
+        raise ValueError(f"data.split must be 'train' or 'test' for synapse: {cfg.data.split!r}")
     src = SynapseSlices(cfg.data.path, split="test")
     cases, volumes = [], {}
     for path in src.files[: _limit(len(src.files), cfg)]:
