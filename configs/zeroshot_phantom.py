@@ -40,7 +40,8 @@ def get_config(arg=None):
     c.saliency.m2ib.layer = 0  # the tiny ViT has 2 blocks: the bottleneck after the first
     c.postprocess.method = "kmeans" if "kmeans" in words else "crf"
     c.dpfem.width, c.dpfem.stem_stride, c.dpfem.num_epochs = 16, 4, 10
-    c.dpfem.train_data.start = 10_000  # DPFEM's own phantoms, disjoint from the scored 0..n-1
+    # DPFEM's own phantoms: another generator seed, so never the scored ones (whatever data.n).
+    c.dpfem.train_data.seed = 2000
     c.dpfem.data.num_threads, c.dpfem.data.prefetch = 1, 2
     c.segmenter.name = "grabcut"
     return c

@@ -21,6 +21,7 @@ SCRIPTS = {
     "input_pipeline": "grain input pipeline rate vs train step rate",
     "phantom_speed": "procedural phantom generation rate",
     "zeroshot_phantom": "phantom pointing game and box IoU per saliency method, with baselines",
+    "zeroshot_ablation": "stage 2 without each part, other saliency methods, baselines; t-tests",
     "weak_vs_pseudo": "ResUNet on pseudo-masks vs the pseudo-masks, 3 seeds, paired t-test",
     "loss_quality": "every loss fine-tuned on hard-negative phantom captions, 5 seeds, CIs, tests",
 }

@@ -306,3 +306,13 @@ def unwrap_checkpoint(obj: object, source: object = "checkpoint") -> dict[str, n
             raise ValueError(f"{source}: entry {key!r} is not a tensor ({type(value).__name__})")
         out[key.removeprefix("module.")] = _to_numpy(value)
     return out
+
+
+def load_open_clip(path: str | os.PathLike, config) -> clip_lib.CLIP:
+    """An open_clip weights file (`load_state_dict_file`) as a Flax `CLIP` built from `config`:
+    the one import path of `mzs import` and the shipped phantom CLIP; errors name the file."""
+    state_dict = load_state_dict_file(path)
+    try:
+        return from_open_clip(state_dict, config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -114,12 +114,8 @@ def run_import(args) -> int:
         )
     model_config = import_model_config(args.model, args.config)
     progress = Progress(3, "import", unit="step")
-    state_dict = convert.load_state_dict_file(args.open_clip)
-    progress.update(1, force=True, tensors=len(state_dict))
-    try:
-        model = convert.from_open_clip(state_dict, model_config)
-    except ValueError as e:
-        raise ValueError(f"{args.open_clip}: {e}") from e
+    progress.update(1, force=True, reading=str(args.open_clip))
+    model = convert.load_open_clip(args.open_clip, model_config)
     progress.update(1, force=True, model=model_config.name)
     if args.overwrite and (args.workdir / CKPT_DIR).exists():  # only now that the import is valid
         shutil.rmtree(args.workdir / CKPT_DIR)

@@ -33,7 +33,8 @@ SMALL = {
         "--workdir", "demo_sam", "--config", "configs/demo.py:quick",
         "--config.clip.losses=('cehnc',)", "--config.clip.n_captions=120",
         "--config.clip.finetune_steps=1", "--config.zeroshot.n_train=8",
-        "--config.zeroshot.n_test=2", "--config.zeroshot.dpfem_epochs=1",
+        "--config.zeroshot.n_test=2", "--config.zeroshot.n_dpfem=4",
+        "--config.zeroshot.dpfem_epochs=1",
         "--config.zeroshot.n_overlays=2", "--config.weak.seeds=(0,)", "--config.weak.epochs=1",
         "--config.weak.batch_size=2"],
     "mzs segment --config configs/zeroshot_phantom.py --workdir runs/segment "
@@ -43,7 +44,8 @@ SMALL = {
     "mzs make-phantoms --kind mri --out data/acdc_phantom --n 4": [],
     "mzs train-weak --config configs/weak_phantom.py --workdir runs/weak "
     "--config.data.images=workdir/demo/data/xray_train/images "
-    "--config.data.pseudo_masks=workdir/demo/zeroshot/train/masks": ["--config.num_epochs=1"],
+    "--config.data.pseudo_masks=workdir/demo/zeroshot/train/masks "
+    "--config.data.pseudo_classes=\"('heart',)\"": ["--config.num_epochs=1"],
     "mzs train-weak --workdir runs/weak --predict workdir/demo/data/xray_test/images "
     "--out runs/weak/pred": [],
     "mzs evaluate --pred runs/weak/pred --gt workdir/demo/data/xray_test/gt --method weak "

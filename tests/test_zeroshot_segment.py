@@ -87,13 +87,13 @@ def test_segment_writes_masks_figures_metrics_and_resumes(
 
 
 def _check_dpfem_split(clip_workdir, tmp_path, out, records, capsys):
-    """DPFEM trained on its own phantoms (start 10000), recorded, disjoint from the scored ones;
+    """DPFEM trained on its own phantoms (seed 2000), recorded, disjoint from the scored ones;
     another run reuses it; scoring its training cases is refused, with or without reuse."""
     from mzs_jax.pipeline.zeroshot_dpfem import case_key
 
     cfg = cli.load_config(["--config=configs/zeroshot_phantom.py", "--config.data.n=4"])
     trained = json.loads((out / "dpfem" / "train_cases.json").read_text())
-    assert trained["data"]["start"] == 10_000 and len(trained["cases"]) == 4
+    assert trained["data"]["seed"] == 2000 and len(trained["cases"]) == 4
     scored = {case_key(cfg.data, r["case"]) for r in records}
     assert len(scored) == 4 and not scored & set(trained["cases"])
 
@@ -105,11 +105,20 @@ def _check_dpfem_split(clip_workdir, tmp_path, out, records, capsys):
 
     capsys.readouterr()
     argv = _argv(
-        clip_workdir, tmp_path / "x", "--config.data.start=10002", f"--config.dpfem.reuse={out}"
+        clip_workdir,
+        tmp_path / "x",
+        "--config.data.seed=2000",
+        "--config.data.start=2",
+        f"--config.dpfem.reuse={out}",
     )
     assert cli.main(argv) == 1
     assert "2 scored case(s) are among the cases DPFEM was trained on" in capsys.readouterr().err
-    argv = _argv(clip_workdir, tmp_path / "y", "--config.dpfem.train_data.start=2")
+    argv = _argv(
+        clip_workdir,
+        tmp_path / "y",
+        "--config.dpfem.train_data.seed=1000",
+        "--config.dpfem.train_data.start=2",
+    )
     assert cli.main(argv) == 1
     assert "2 scored case(s) are among the cases DPFEM was trained on" in capsys.readouterr().err
     assert not (tmp_path / "y" / "dpfem" / "ckpt").exists()  # refused before training

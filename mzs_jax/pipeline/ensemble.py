@@ -86,7 +86,7 @@ def variance_png(var_map: np.ndarray) -> np.ndarray:
 
 def _member_probs(members, image: np.ndarray, size: int) -> np.ndarray:
     """`(N, C, H, W)` class probabilities of one image `(H, W, C_in)` per member, at its size."""
-    from mzs_jax.pipeline.weak import predict
+    from mzs_jax.pipeline.weak_inference import predict
 
     h, w = image.shape[:2]
     x = resize_image(image, size).reshape(1, size, size, -1)
@@ -106,7 +106,7 @@ def predict_folder(workdir, images_dir, out_dir, n: int) -> list[pathlib.Path]:
     from PIL import Image
 
     from mzs_jax.pipeline.evaluate import find_cases
-    from mzs_jax.pipeline.weak import load_image
+    from mzs_jax.pipeline.weak_data import load_image
 
     members, epochs, size = load_members(workdir, n)
     in_channels = int(ckpt.read_model_config(pathlib.Path(workdir) / SNAPSHOT_DIR).in_channels)
@@ -139,7 +139,7 @@ def predict_acdc(workdir, source, out_dir, n: int, gt_dir=None) -> list[pathlib.
     import nibabel as nib
 
     from mzs_jax.data.volumes import resample
-    from mzs_jax.pipeline.weak import predict_slices
+    from mzs_jax.pipeline.weak_inference import predict_slices
 
     members, epochs, size = load_members(workdir, n)
     out_dir = pathlib.Path(out_dir)

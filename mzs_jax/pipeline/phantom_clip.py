@@ -24,10 +24,7 @@ def import_shipped(folder: pathlib.Path, workdir: pathlib.Path) -> str:
 
     path = folder / "model.safetensors"
     mc = clip.model_config("tiny")
-    try:
-        model = convert.from_open_clip(convert.load_state_dict_file(path), mc)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    model = convert.load_open_clip(path, mc)
     save_model(workdir, model, mc, step=0)
     info = folder / "README.md"
     cmd = (

@@ -10,8 +10,6 @@ from __future__ import annotations
 import pathlib
 
 import grain
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -29,6 +27,7 @@ from mzs_jax.pipeline.weak_data import (
     read_label_map,
     split_ids,
 )
+from mzs_jax.pipeline.weak_inference import predict, predict_slices
 from mzs_jax.train.step import with_compute_dtype
 
 # The data side lives in weak_data; these names stay importable from here.
@@ -44,20 +43,6 @@ __all__ = [
     "split_ids",
     "train",
 ]
-
-
-@nnx.jit
-def _probs(model: resunet.ResUNet, images: jax.Array) -> jax.Array:
-    return jax.nn.softmax(model(images), axis=-1)
-
-
-def predict(model: resunet.ResUNet, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Class probabilities `(N, S, S, num_classes)` of images `(N, S, S, C)`."""
-    out = [
-        np.asarray(_probs(model, jnp.asarray(images[i : i + batch_size])))
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out)
 
 
 def mean_dice(probs: np.ndarray, masks: np.ndarray, classes) -> float:
@@ -218,16 +203,6 @@ def predict_folder(workdir, images_dir, out_dir) -> list[pathlib.Path]:
         np.save(out_dir / f"{cid}_prob.npy", p.astype(np.float32))
         written.append(out_dir / f"{cid}.png")
     return written
-
-
-def predict_slices(model, slices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label maps `(Z, H, W)` int16 and class probabilities `(C, Z, H, W)` float32 of a stack of
-    slices `(Z, H, W)`: each slice resized to the model's `size`, its probabilities resized back
-    before the argmax."""
-    z, h, w = slices.shape
-    x = np.stack([resize_image(s[..., None], size).reshape(size, size, -1) for s in slices])
-    probs = np.stack([resize_image(p, (h, w)).reshape(h, w, -1) for p in predict(model, x)])
-    return probs.argmax(-1).astype(np.int16), np.moveaxis(probs, -1, 0).astype(np.float32)
 
 
 def _restore_resunet(workdir):
