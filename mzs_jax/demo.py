@@ -113,92 +113,135 @@ class Stages:
 def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import jax
 
     from mzs_jax import demo_clip, demo_report, demo_weak
-    from mzs_jax import demo_zeroshot as zs
 
-    dc = demo_config(args)
-    w = pathlib.Path(args.workdir)
-    prepare_workdir(w)
-    # Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run).
-    jax.config.update("jax_compilation_cache_dir", str(w / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    demo_cfg = demo_config(args)
+    demo_dir = pathlib.Path(args.workdir)
+    prepare_workdir(demo_dir)
+    _compilation_cache(demo_dir)
     shipped = demo_clip.shipped_checkpoint()
     live = args.from_scratch or shipped is None
     st = Stages(WEIGHTS if live else {**WEIGHTS, "pretrain": 2})
-    facts: dict = {
-        "mode": dc.mode,
-        "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
-        "cpu_count": os.cpu_count(),
-    }
+    facts: dict = {"mode": demo_cfg.mode, "devices": _devices(), "cpu_count": os.cpu_count()}
 
     st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
     if live:
-        tok = demo_clip.build_tokenizer(dc, w / "tokenizer")
+        tok = demo_clip.build_tokenizer(demo_cfg, demo_dir / "tokenizer")
     else:
-        tok = shutil.copytree(shipped / "tokenizer", w / "tokenizer")
-    z = dc.zeroshot
-    train_s = zs.make_split(dc, int(z.n_train), 0, w / "data" / "xray_train")
-    test_s = zs.make_split(dc, int(z.n_test), int(z.n_train), w / "data" / "xray_test")
-    st.done(captions=int(dc.clip.n_captions), train=len(train_s), test=len(test_s))
+        tok = shutil.copytree(shipped / "tokenizer", demo_dir / "tokenizer")
+    train_s, test_s = _phantom_splits(demo_cfg, demo_dir)
+    st.done(captions=int(demo_cfg.clip.n_captions), train=len(train_s), test=len(test_s))
 
-    pre = w / "clip" / "pretrained"
-    if live:
-        why = "--from-scratch" if args.from_scratch else "no shipped checkpoint"
-        st.start("pretrain", f"tiny CLIP from random init ({why}), {dc.clip.pretrain_steps} steps")
-        cfg = demo_clip.run_config(
-            dc, "infonce", dc.clip.pretrain_steps, dc.clip.pretrain_lr, tok, None
-        )
-        pre_ret = demo_clip.train(dc, cfg, pre, "pretrain")
-        facts["clip_init"] = (
-            f"pre-trained live in this run ({dc.clip.pretrain_steps} steps, infonce, {why})"
-        )
-    else:
-        st.start("pretrain", f"shipped phantom CLIP {shipped} (--from-scratch retrains it)")
-        facts["clip_init"] = demo_clip.import_shipped(shipped, pre)
-        pre_ret = demo_clip.retrieval(dc, pre, tok)
-    retrieval = {"pre-trained (no fine-tuning)": pre_ret}
-    st.done(i2t_top1=pre_ret["summary"]["i2t_top1"][0])
+    pre = demo_dir / "clip" / "pretrained"
+    retrieval = {"pre-trained (no fine-tuning)": _pretrain(args, demo_cfg, pre, tok, st, facts)}
+    st.done(i2t_top1=retrieval["pre-trained (no fine-tuning)"]["summary"]["i2t_top1"][0])
 
     st.start(
         "finetune",
-        f"fine-tune with {', '.join(dc.clip.losses)}, then the hard-negative loss benchmark",
+        f"fine-tune with {', '.join(demo_cfg.clip.losses)}, then the hard-negative loss benchmark",
     )
-    for loss in dc.clip.losses:
-        cfg = demo_clip.run_config(dc, loss, dc.clip.finetune_steps, dc.clip.finetune_lr, tok, pre)
-        retrieval[loss] = demo_clip.train(dc, cfg, w / "clip" / loss, f"finetune {loss}")
+    retrieval |= _finetune(demo_cfg, demo_dir, pre, tok)
+    hard = demo_clip.hard_benchmark(demo_cfg, demo_dir / "clip" / "hard")
+    st.done(cehnc_i2t_top1=retrieval[demo_cfg.clip.losses[-1]]["summary"]["i2t_top1"][0])
+
+    st.start(
+        "export", "cehnc model → open_clip safetensors → PyTorch open_clip, embeddings compared"
+    )
+    main_clip, export = _export(demo_cfg, demo_dir, test_s)
+    st.done(max_abs_diff=export["max_abs_diff"])
+
+    zeroshot_cfg = demo_cfg.zeroshot
+    st.start(
+        "zeroshot",
+        f"{zeroshot_cfg.saliency} → DPFEM → CRF → box → segmenter, prompt {zeroshot_cfg.prompt!r}",
+    )
+    zero_shot_result = demo_weak.zero_shot(
+        demo_cfg, demo_dir, main_clip, tok, train_s, test_s, args.sam_checkpoint
+    )
+    st.done(dice=zero_shot_result["test_dice"])
+
+    st.start("weak", f"ResUNet on the pseudo-masks, seeds {tuple(demo_cfg.weak.seeds)}")
+    weak = demo_weak.weak_stage(demo_cfg, demo_dir, zero_shot_result)
+    st.done(dice=weak["mean_dice"])
+
+    st.start("report", "tables, t-tests, figures")
+    facts.update(stage_seconds=dict(st.times), total_seconds=st.total)
+    results = dict(retrieval=retrieval, hard=hard, export=export, weak=weak, facts=facts)
+    md = demo_report.write(demo_dir, demo_cfg, zero_shot_result=zero_shot_result, **results)
+    st.done()
+    print(f"\n[demo] done in {st.total:.0f} s; report: {md}", flush=True)
+    return 0
+
+
+def _pretrain(args, demo_cfg, pre: pathlib.Path, tok, st: Stages, facts: dict) -> dict:
+    """The pre-trained tiny CLIP in `pre`: the shipped one imported, or trained live with InfoNCE
+    (`--from-scratch`, or no shipped checkpoint); returns its retrieval scores."""
+    from mzs_jax import demo_clip
+
+    shipped = demo_clip.shipped_checkpoint()
+    if args.from_scratch or shipped is None:
+        why = "--from-scratch" if args.from_scratch else "no shipped checkpoint"
+        steps = demo_cfg.clip.pretrain_steps
+        st.start("pretrain", f"tiny CLIP from random init ({why}), {steps} steps")
+        cfg = demo_clip.run_config(demo_cfg, "infonce", steps, demo_cfg.clip.pretrain_lr, tok, None)
+        facts["clip_init"] = f"pre-trained live in this run ({steps} steps, infonce, {why})"
+        return demo_clip.train(demo_cfg, cfg, pre, "pretrain")
+    st.start("pretrain", f"shipped phantom CLIP {shipped} (--from-scratch retrains it)")
+    facts["clip_init"] = demo_clip.import_shipped(shipped, pre)
+    return demo_clip.retrieval(demo_cfg, pre, tok)
+
+
+def _finetune(demo_cfg, demo_dir: pathlib.Path, pre: pathlib.Path, tok) -> dict:
+    """Each configured loss fine-tunes the pre-trained model; loss → retrieval scores."""
+    from mzs_jax import demo_clip
+
+    retrieval = {}
+    for loss in demo_cfg.clip.losses:
+        cfg = demo_clip.run_config(
+            demo_cfg, loss, demo_cfg.clip.finetune_steps, demo_cfg.clip.finetune_lr, tok, pre
+        )
+        retrieval[loss] = demo_clip.train(
+            demo_cfg, cfg, demo_dir / "clip" / loss, f"finetune {loss}"
+        )
         r = retrieval[loss]["summary"]
         print(
             f"[demo] {loss}: i2t_top1={r['i2t_top1'][0]:.3f} t2i_top1={r['t2i_top1'][0]:.3f}",
             flush=True,
         )
-    hard = demo_clip.hard_benchmark(dc, w / "clip" / "hard")
-    st.done(cehnc_i2t_top1=retrieval[dc.clip.losses[-1]]["summary"]["i2t_top1"][0])
+    return retrieval
 
-    st.start(
-        "export", "cehnc model → open_clip safetensors → PyTorch open_clip, embeddings compared"
-    )
-    main_clip = w / "clip" / ("cehnc" if "cehnc" in dc.clip.losses else dc.clip.losses[-1])
-    test_inputs = zs.clip_inputs(test_s, int(dc.image_size))
-    export = demo_clip.export_check(
-        main_clip, w / "clip" / "cehnc_open_clip.safetensors", test_inputs[:4]
-    )
-    st.done(max_abs_diff=export["max_abs_diff"])
 
-    st.start("zeroshot", f"{z.saliency} → DPFEM → CRF → box → segmenter, prompt {z.prompt!r}")
-    zres = demo_weak.zero_shot(dc, w, main_clip, tok, train_s, test_s, args.sam_checkpoint)
-    st.done(dice=zres["test_dice"])
+def _phantom_splits(demo_cfg, demo_dir: pathlib.Path) -> tuple[list[dict], list[dict]]:
+    """The X-ray train (pseudo-masks) and held-out test phantoms, written under `demo_dir/data`."""
+    from mzs_jax import demo_zeroshot
 
-    st.start("weak", f"ResUNet on the pseudo-masks, seeds {tuple(dc.weak.seeds)}")
-    weak = demo_weak.weak_stage(dc, w, zres)
-    st.done(dice=weak["mean_dice"])
+    n_train, n_test = int(demo_cfg.zeroshot.n_train), int(demo_cfg.zeroshot.n_test)
+    train = demo_zeroshot.make_split(demo_cfg, n_train, 0, demo_dir / "data" / "xray_train")
+    test = demo_zeroshot.make_split(demo_cfg, n_test, n_train, demo_dir / "data" / "xray_test")
+    return train, test
 
-    st.start("report", "tables, t-tests, figures")
-    facts.update(stage_seconds=dict(st.times), total_seconds=st.total)
-    md = demo_report.write(
-        w, dc, retrieval=retrieval, hard=hard, export=export, zres=zres, weak=weak, facts=facts
-    )
-    st.done()
-    print(f"\n[demo] done in {st.total:.0f} s; report: {md}", flush=True)
-    return 0
+
+def _export(demo_cfg, demo_dir: pathlib.Path, test_s) -> tuple[pathlib.Path, dict]:
+    """The CEHNC model's workdir and its open_clip export check on 4 held-out images."""
+    from mzs_jax import demo_clip, demo_zeroshot
+
+    losses = demo_cfg.clip.losses
+    main_clip = demo_dir / "clip" / ("cehnc" if "cehnc" in losses else losses[-1])
+    test_inputs = demo_zeroshot.clip_inputs(test_s[:4], int(demo_cfg.image_size))
+    exported = demo_dir / "clip" / "cehnc_open_clip.safetensors"
+    return main_clip, demo_clip.export_check(main_clip, exported, test_inputs)
+
+
+def _compilation_cache(demo_dir: pathlib.Path) -> None:
+    """Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(demo_dir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _devices() -> str:
+    import jax
+
+    return f"{jax.device_count()}× {jax.devices()[0].device_kind}"

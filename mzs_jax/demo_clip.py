@@ -19,19 +19,21 @@ from mzs_jax.pipeline.phantom_clip import (  # noqa: F401 - the demo's names for
 from mzs_jax.train.defaults import clip_config
 
 
-def build_tokenizer(dc: ml_collections.ConfigDict, out_dir: pathlib.Path) -> pathlib.Path:
+def build_tokenizer(demo_cfg: ml_collections.ConfigDict, out_dir: pathlib.Path) -> pathlib.Path:
     """WordPiece vocabulary trained on the training captions of the demo's caption set."""
     from mzs_jax.data.tokenizer import build_wordpiece_tokenizer
     from mzs_jax.train.clip_task import caption_source
 
-    train = caption_source(f"phantom:{dc.clip.n_captions}", "phantom", "train", seed=dc.seed)
+    train = caption_source(
+        f"phantom:{demo_cfg.clip.n_captions}", "phantom", "train", seed=demo_cfg.seed
+    )
     return build_wordpiece_tokenizer(
-        [s["caption"] for s in train], out_dir, vocab_size=int(dc.clip.vocab_size)
+        [s["caption"] for s in train], out_dir, vocab_size=int(demo_cfg.clip.vocab_size)
     )
 
 
 def run_config(
-    dc: ml_collections.ConfigDict,
+    demo_cfg: ml_collections.ConfigDict,
     loss: str,
     steps: int,
     lr: float,
@@ -40,15 +42,15 @@ def run_config(
 ) -> ml_collections.ConfigDict:
     """A `mzs train-clip` config (train.defaults.clip_config) for one demo training run."""
     c = clip_config(loss)
-    c.model = dc.clip.model
-    c.seed = int(dc.seed)
+    c.model = demo_cfg.clip.model
+    c.seed = int(demo_cfg.seed)
     c.init = str(init or "")
-    c.data.path = f"phantom:{dc.clip.n_captions}"
+    c.data.path = f"phantom:{demo_cfg.clip.n_captions}"
     c.data.tokenizer = str(tokenizer)
-    c.data.split_seed = int(dc.seed)
+    c.data.split_seed = int(demo_cfg.seed)
     c.data.num_threads = 1
     c.data.prefetch = 4
-    c.batch_size = int(dc.clip.batch_size)
+    c.batch_size = int(demo_cfg.clip.batch_size)
     c.total_steps = int(steps)
     c.optimizer.lr = float(lr)
     c.optimizer.weight_decay = 0.0
@@ -59,14 +61,14 @@ def run_config(
     c.checkpoint.best_metric = ""
     c.checkpoint.async_save = False
     c.eval_every_epochs = 10**6  # evaluate once, at the last step (fit always does)
-    c.eval.batch = int(dc.clip.eval_batch)
+    c.eval.batch = int(demo_cfg.clip.eval_batch)
     c.eval.max_examples = 10**6
     c.log_every_steps = 10
     return c
 
 
 def train(
-    dc: ml_collections.ConfigDict,
+    demo_cfg: ml_collections.ConfigDict,
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
     name: str,
@@ -83,11 +85,11 @@ def train(
                 _val(self, int(self.config.eval.max_examples))
             )
             self.embeddings = ret.embed(model, ex)
-            return {f"val/{k}": v[0] for k, v in summary(dc, *self.embeddings).items()}
+            return {f"val/{k}": v[0] for k, v in summary(demo_cfg, *self.embeddings).items()}
 
     task = Task(config, workdir)
     fit(task, config, workdir, name=name)
-    return scores(dc, *task.embeddings)
+    return scores(demo_cfg, *task.embeddings)
 
 
 def _val(task, limit: int):
@@ -96,20 +98,22 @@ def _val(task, limit: int):
     return _examples(task.val_src, task.tokenizer, task.model_config, limit)
 
 
-def summary(dc, img: np.ndarray, txt: np.ndarray) -> dict[str, tuple[float, float]]:
+def summary(demo_cfg, img: np.ndarray, txt: np.ndarray) -> dict[str, tuple[float, float]]:
     from mzs_jax.pipeline import retrieval as ret
 
-    return ret.summarize(img, txt, batch=int(dc.clip.eval_batch), seeds=int(dc.clip.eval_seeds))
+    return ret.summarize(
+        img, txt, batch=int(demo_cfg.clip.eval_batch), seeds=int(demo_cfg.clip.eval_seeds)
+    )
 
 
-def scores(dc, img: np.ndarray, txt: np.ndarray) -> dict:
+def scores(demo_cfg, img: np.ndarray, txt: np.ndarray) -> dict:
     """`{"summary": {metric: (mean, std)} over `eval_seeds` shuffles in batches of `eval_batch`,
     "hits": {metric: bool (M,)} per query of the seed-0 shuffle}` (hits pair up across models
     for McNemar: `significance`)."""
     from mzs_jax.pipeline import retrieval as ret
 
-    hits = ret.query_hits(img, txt, batch=int(dc.clip.eval_batch), seed=0)
-    return {"summary": summary(dc, img, txt), "hits": hits}
+    hits = ret.query_hits(img, txt, batch=int(demo_cfg.clip.eval_batch), seed=0)
+    return {"summary": summary(demo_cfg, img, txt), "hits": hits}
 
 
 def significance(model: dict, pretrained: dict) -> dict[str, dict]:
@@ -125,19 +129,21 @@ def significance(model: dict, pretrained: dict) -> dict[str, dict]:
     return out
 
 
-def hard_benchmark(dc: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[dict, object]:
+def hard_benchmark(
+    demo_cfg: ml_collections.ConfigDict, workdir: pathlib.Path
+) -> tuple[dict, object]:
     """The hard-negative loss benchmark (`pipeline/loss_quality.py`) at the demo's sizes
-    (`dc.clip.hard`, for `dc.clip.losses`); returns (result, its config)."""
+    (`demo_cfg.clip.hard`, for `demo_cfg.clip.losses`); returns (result, its config)."""
     from mzs_jax.pipeline import loss_quality
 
     cfg = loss_quality.default_config(quick=True)
-    cfg.update(dc.clip.hard.to_dict())
-    cfg.losses = tuple(dc.clip.losses)
+    cfg.update(demo_cfg.clip.hard.to_dict())
+    cfg.losses = tuple(demo_cfg.clip.losses)
     return loss_quality.run(cfg, workdir), cfg
 
 
 def retrieval(
-    dc: ml_collections.ConfigDict, workdir: pathlib.Path, tokenizer: pathlib.Path
+    demo_cfg: ml_collections.ConfigDict, workdir: pathlib.Path, tokenizer: pathlib.Path
 ) -> dict:
     """The same retrieval for a model already in `workdir` (the imported starting point)."""
     from mzs_jax.pipeline import retrieval as ret
@@ -146,14 +152,14 @@ def retrieval(
 
     model, mc = ckpt.restore_model(workdir)
     ex = eval_examples(
-        f"phantom:{dc.clip.n_captions}",
+        f"phantom:{demo_cfg.clip.n_captions}",
         "phantom",
         "val",
         mc,
         tokenizer=str(tokenizer),
-        seed=int(dc.seed),
+        seed=int(demo_cfg.seed),
     )
-    return scores(dc, *ret.embed(model, ex))
+    return scores(demo_cfg, *ret.embed(model, ex))
 
 
 def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -> dict:

@@ -37,9 +37,9 @@ def _blend(image: np.ndarray, sal: np.ndarray) -> np.ndarray:
     return np.clip(0.45 * g + 0.55 * colormaps["jet"](np.clip(sal, 0, 1))[..., :3], 0, 1)
 
 
-def _overlays(zres: dict) -> list[dict]:
+def _overlays(zero_shot_result: dict) -> list[dict]:
     items = []
-    for o in zres["overlays"]:
+    for o in zero_shot_result["overlays"]:
         it = {
             "image": o["image"],
             "saliency": _blend(o["image"], o["saliency"]),
@@ -82,7 +82,7 @@ def _vs_pretrained(sig: dict) -> tuple[str, str]:
     return text, (f"yes ({', '.join(moved)})" if moved else "no")
 
 
-def _stage1_blocks(dc, retrieval: dict, ret_md: str) -> list:
+def _stage1_blocks(demo_cfg, retrieval: dict, ret_md: str) -> list:
     """The stage 1 table: retrieval per model and whether fine-tuning changed it (McNemar on the
     seed-0 shuffle's per-query top-1 hits vs the pre-trained model, p < 0.05)."""
     from mzs_jax.demo_clip import significance
@@ -110,8 +110,9 @@ def _stage1_blocks(dc, retrieval: dict, ret_md: str) -> list:
         ),
         (
             "p",
-            f"Chance top-1 is {100 / min(dc.clip.eval_batch, 1e9):.0f} %. Each loss fine-tunes "
-            f"the same pre-trained model for {dc.clip.finetune_steps} steps on the easy caption "
+            f"Chance top-1 is {100 / min(demo_cfg.clip.eval_batch, 1e9):.0f} %. Each loss "
+            f"fine-tunes the same pre-trained model for {demo_cfg.clip.finetune_steps} steps on "
+            "the easy caption "
             f"set. 'changed' = McNemar p < 0.05 on a top-1 metric ({n_q} paired queries of the "
             f"seed-0 shuffle): fine-tuning changed retrieval for {changed} of {len(names) - 1} "
             "losses; the hard-negative benchmark below is the comparison with power.",
@@ -137,86 +138,122 @@ def _hard_blocks(hard, out: pathlib.Path) -> list:
     return [("p", note), *lqr.blocks(result, cfg, stats, png.name)]
 
 
-def write(w: pathlib.Path, dc, *, retrieval, hard, export, zres, weak, facts) -> pathlib.Path:
-    """Write `w/report/report.md` + `.html` + PNG figures; returns the Markdown path."""
-    out = w / "report"
+def write(
+    demo_dir: pathlib.Path, demo_cfg, *, retrieval, hard, export, zero_shot_result, weak, facts
+) -> pathlib.Path:
+    """Write `demo_dir/report/report.md` + `.html` + PNG figures; returns the Markdown path."""
+    out = demo_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = w / "eval" / "metrics.csv"
-    evaluate.write_csv(zres["rows"] + weak["rows"], csv_path)
+    csv_path = demo_dir / "eval" / "metrics.csv"
+    evaluate.write_csv(zero_shot_result["rows"] + weak["rows"], csv_path)
     rows = evaluate.with_class_mean(evaluate.read_csv(csv_path))
-    evaluate.write_summary(evaluate.summarize(rows), w / "eval" / "metrics_summary.csv")
+    evaluate.write_summary(evaluate.summarize(rows), demo_dir / "eval" / "metrics_summary.csv")
     ret_md = ret.write_tables(
         [(k, v["summary"]) for k, v in retrieval.items()],
-        w / "eval" / "retrieval",
-        seeds=int(dc.clip.eval_seeds),
-        batch=int(dc.clip.eval_batch),
-    )
-    z = dc.zeroshot
-    topk = f", top-k {z.topk}" if z.saliency == "gscorecam" else ""
-    seg = zres["segmenter"] + (
-        " (SAM checkpoint given)"
-        if zres["segmenter_is_sam"]
-        else " (weight-free; pass --sam-checkpoint for SAM)"
+        demo_dir / "eval" / "retrieval",
+        seeds=int(demo_cfg.clip.eval_seeds),
+        batch=int(demo_cfg.clip.eval_batch),
     )
     blocks = [
-        ("h", 1, f"mzs demo report ({dc.mode})"),
+        ("h", 1, f"mzs demo report ({demo_cfg.mode})"),
         ("h", 2, SECTIONS[0]),
-        (
-            "table",
-            ["item", "value"],
-            [
-                ["CLIP", f"{dc.clip.model}; {facts['clip_init']}"],
-                ["caption set", f"phantom:{dc.clip.n_captions} (85/15 split, seed {dc.seed})"],
-                [
-                    "zero-shot data",
-                    f"{z.kind} phantoms{f' with {z.findings}' if z.findings else ''}, "
-                    f"target `{z.structure}`, "
-                    f"{z.n_train} train (pseudo-masks) / {z.n_test} held-out test (ground truth)",
-                ],
-                ["prompt", repr(z.prompt)],
-                [
-                    "saliency",
-                    f"{z.saliency} (JAX{topk}) → DPFEM ({z.dpfem_epochs} epochs, "
-                    f"annotation-free) → dense CRF → threshold → closing → box ({z.box_mode})",
-                ],
-                ["segmenter", seg],
-                ["empty boxes", str(zres["no_box"])],
-                [
-                    "segmenter notes",
-                    "; ".join(f"{n}× {k}" for k, n in zres["notes"].items()) or "none",
-                ],
-                ["machine", f"{facts['devices']}, {facts['cpu_count']} CPU cores"],
-                ["total time", f"{facts['total_seconds']:.0f} s"],
-            ],
-        ),
+        _run_table(demo_cfg, zero_shot_result, facts),
         ("h", 2, SECTIONS[1]),
-        *_stage1_blocks(dc, retrieval, ret_md),
+        *_stage1_blocks(demo_cfg, retrieval, ret_md),
         ("h", 2, SECTIONS[2]),
         *_hard_blocks(hard, out),
         ("h", 2, SECTIONS[3]),
-        (
-            "table",
-            ["file", "bytes", "images compared", "max abs diff (JAX vs torch embedding)"],
-            [
-                [
-                    pathlib.Path(export["file"]).name,
-                    str(export["bytes"]),
-                    str(export["n_images"]),
-                    f"{export['max_abs_diff']:.3g}",
-                ]
-            ],
-        ),
+        _export_table(export),
         ("h", 2, SECTIONS[4]),
         ("p", "Fraction of held-out cases whose map's maximum lies inside the target."),
-        ("table", ["map", "hit rate"], [[k, f"{v:.3f}"] for k, v in zres["pointing"].items()]),
+        (
+            "table",
+            ["map", "hit rate"],
+            [[k, f"{v:.3f}"] for k, v in zero_shot_result["pointing"].items()],
+        ),
+        *_segmentation_blocks(rows, zero_shot_result),
+        ("h", 2, SECTIONS[7]),
+        _goals_table(rows),
+        *_figure_blocks(rows, zero_shot_result, out),
+        ("h", 2, SECTIONS[9]),
+        (
+            "table",
+            ["stage", "seconds"],
+            [[k, f"{v:.1f}"] for k, v in facts["stage_seconds"].items()]
+            + [["total (before report)", f"{facts['total_seconds']:.1f}"]],
+        ),
     ]
+    md = out / "report.md"
+    md.write_text(report.to_markdown(blocks))
+    (out / "report.html").write_text(report.to_html(blocks, f"mzs demo report ({demo_cfg.mode})"))
+    (demo_dir / "timings.json").write_text(json.dumps(facts, indent=1))
+    return md
+
+
+def _run_table(demo_cfg, zero_shot_result, facts) -> tuple:
+    zeroshot_cfg = demo_cfg.zeroshot
+    topk = f", top-k {zeroshot_cfg.topk}" if zeroshot_cfg.saliency == "gscorecam" else ""
+    with_findings = f" with {zeroshot_cfg.findings}" if zeroshot_cfg.findings else ""
+    seg = zero_shot_result["segmenter"] + (
+        " (SAM checkpoint given)"
+        if zero_shot_result["segmenter_is_sam"]
+        else " (weight-free; pass --sam-checkpoint for SAM)"
+    )
+    notes = zero_shot_result["notes"]
+    return (
+        "table",
+        ["item", "value"],
+        [
+            ["CLIP", f"{demo_cfg.clip.model}; {facts['clip_init']}"],
+            [
+                "caption set",
+                f"phantom:{demo_cfg.clip.n_captions} (85/15 split, seed {demo_cfg.seed})",
+            ],
+            [
+                "zero-shot data",
+                f"{zeroshot_cfg.kind} phantoms{with_findings}, "
+                f"target `{zeroshot_cfg.structure}`, {zeroshot_cfg.n_train} train "
+                f"(pseudo-masks) / {zeroshot_cfg.n_test} held-out test (ground truth)",
+            ],
+            ["prompt", repr(zeroshot_cfg.prompt)],
+            [
+                "saliency",
+                f"{zeroshot_cfg.saliency} (JAX{topk}) → DPFEM ({zeroshot_cfg.dpfem_epochs} "
+                f"epochs, annotation-free, on its own {zeroshot_cfg.n_dpfem} phantoms) → "
+                f"dense CRF → threshold → closing → box ({zeroshot_cfg.box_mode})",
+            ],
+            ["segmenter", seg],
+            ["empty boxes", str(zero_shot_result["no_box"])],
+            ["segmenter notes", "; ".join(f"{n}× {k}" for k, n in notes.items()) or "none"],
+            ["machine", f"{facts['devices']}, {facts['cpu_count']} CPU cores"],
+            ["total time", f"{facts['total_seconds']:.0f} s"],
+        ],
+    )
+
+
+def _export_table(export) -> tuple:
+    return (
+        "table",
+        ["file", "bytes", "images compared", "max abs diff (JAX vs torch embedding)"],
+        [
+            [
+                pathlib.Path(export["file"]).name,
+                str(export["bytes"]),
+                str(export["n_images"]),
+                f"{export['max_abs_diff']:.3g}",
+            ]
+        ],
+    )
+
+
+def _segmentation_blocks(rows, zero_shot_result) -> list:
     header, body, pvals, caption = report.metrics_table(rows, reference=ZERO_SHOT)
     prior = (
         "The prompt names no side or zone, so the position prior does not apply."
-        if not zres["position_prior"]
+        if not zero_shot_result["position_prior"]
         else "The position prior boxes the named quadrant."
     )
-    blocks += [
+    return [
         ("h", 2, SECTIONS[5]),
         ("table", header, body),
         (
@@ -228,42 +265,41 @@ def write(w: pathlib.Path, dc, *, retrieval, hard, export, zres, weak, facts) ->
         (
             "p",
             f"Pseudo-mask Dice on the training split (what the ResUNet learns from): "
-            f"{100 * zres['pseudo_train_dice']:.2f}.",
+            f"{100 * zero_shot_result['pseudo_train_dice']:.2f}.",
         ),
         ("h", 2, SECTIONS[6]),
         ("table", ["dataset", "method", "vs", "metric", "n", "p"], pvals),
     ]
+
+
+def _goals_table(rows) -> tuple:
+    """The stated goals: the chain beats each baseline; the ResUNet beats its pseudo-masks."""
     zs_dice = _mean(rows, ZERO_SHOT, "dice")
     base = [m for m in {r["method"] for r in rows} if m not in (ZERO_SHOT, WEAK)]
     tests = {m: paired_ttest(rows, ZERO_SHOT, m, "dice", class_="mean") for m in sorted(base)}
     t = paired_ttest(rows, WEAK, ZERO_SHOT, "dice", class_="mean")
-    blocks += [
-        ("h", 2, SECTIONS[7]),
-        (
-            "table",
-            ["goal", "measured", "met"],
-            [
-                *[
-                    [
-                        f"chain beats `{m}` on Dice",
-                        f"{100 * zs_dice:.2f} vs {100 * _mean(rows, m, 'dice'):.2f} "
-                        f"(p={bt.pvalue:.3g}, n={bt.n})",
-                        _met(bt),
-                    ]
-                    for m, bt in tests.items()
-                ],
-                [
-                    "ResUNet improves on its pseudo-masks (test Dice)",
-                    f"{100 * t.mean_a:.2f} vs {100 * t.mean_b:.2f} (p={t.pvalue:.3g}, n={t.n})",
-                    _met(t),
-                ],
-            ],
-        ),
+    chain_rows = [
+        [
+            f"chain beats `{m}` on Dice",
+            f"{100 * zs_dice:.2f} vs {100 * _mean(rows, m, 'dice'):.2f} "
+            f"(p={bt.pvalue:.3g}, n={bt.n})",
+            _met(bt),
+        ]
+        for m, bt in tests.items()
     ]
+    weak_row = [
+        "ResUNet improves on its pseudo-masks (test Dice)",
+        f"{100 * t.mean_a:.2f} vs {100 * t.mean_b:.2f} (p={t.pvalue:.3g}, n={t.n})",
+        _met(t),
+    ]
+    return ("table", ["goal", "measured", "met"], [*chain_rows, weak_row])
+
+
+def _figure_blocks(rows, zero_shot_result, out: pathlib.Path) -> list:
     per_class = [r for r in rows if r["class"] != evaluate.CLASS_MEAN]
     box_png = report.box_plots(per_class, out / "box_dice.png", "dice")
-    grid_png = report.overlay_grid(_overlays(zres), out / "overlays.png")
-    blocks += [
+    grid_png = report.overlay_grid(_overlays(zero_shot_result), out / "overlays.png")
+    return [
         ("h", 2, SECTIONS[8]),
         (
             "p",
@@ -272,16 +308,4 @@ def write(w: pathlib.Path, dc, *, retrieval, hard, export, zres, weak, facts) ->
         ),
         ("img", grid_png.name, "saliency, box and mask over the image"),
         ("img", box_png.name, "per-case Dice per method"),
-        ("h", 2, SECTIONS[9]),
-        (
-            "table",
-            ["stage", "seconds"],
-            [[k, f"{v:.1f}"] for k, v in facts["stage_seconds"].items()]
-            + [["total (before report)", f"{facts['total_seconds']:.1f}"]],
-        ),
     ]
-    md = out / "report.md"
-    md.write_text(report.to_markdown(blocks))
-    (out / "report.html").write_text(report.to_html(blocks, f"mzs demo report ({dc.mode})"))
-    (w / "timings.json").write_text(json.dumps(facts, indent=1))
-    return md

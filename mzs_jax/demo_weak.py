@@ -10,43 +10,43 @@ import pathlib
 
 import numpy as np
 
-from mzs_jax import demo_zeroshot as zs
+from mzs_jax import demo_zeroshot
 from mzs_jax.pipeline import baselines, evaluate
 from mzs_jax.pipeline.baselines import POSITION_PRIOR
 from mzs_jax.pipeline.saliency import METHODS
 from mzs_jax.pipeline.zeroshot import slug
 
-DATASET = zs.DATASET
+DATASET = demo_zeroshot.DATASET
 ZERO_SHOT = "zero-shot chain"
 WEAK = "weak ResUNet"
 
 
-def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoint):
+def zero_shot(demo_cfg, demo_dir: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoint):
     """Stage 2 as `mzs segment` runs it (`segment_dataset`): on the test split (DPFEM trained on
     its own phantoms), then on the train split reusing that DPFEM (the pseudo-masks); baselines
-    and the pointing game on the test split. Workdirs `w/zeroshot/{test,train}` (each with its
-    `config.json`), per-case rows in the returned dict. Returns everything the report needs."""
+    and the pointing game on the test split. Workdirs `demo_dir/zeroshot/{test,train}` (each
+    with its `config.json`). Returns everything the report needs, per-case rows included."""
     from mzs_jax.pipeline.segmenters import make_segmenter
     from mzs_jax.pipeline.zeroshot import segment_dataset
 
-    z = dc.zeroshot
-    test_cfg = zs.stage2_config(dc, clip_dir, tok, "test", sam_checkpoint)
-    segment_dataset(test_cfg, w / "zeroshot" / "test")
-    train_cfg = zs.stage2_config(dc, clip_dir, tok, "train", sam_checkpoint)
-    train_cfg.dpfem.reuse = str(w / "zeroshot" / "test")
-    segment_dataset(train_cfg, w / "zeroshot" / "train")
-    test = zs.read_run(w / "zeroshot" / "test", test_s, z.structure)
-    train = zs.read_run(w / "zeroshot" / "train", train_s, z.structure)
+    zeroshot_cfg = demo_cfg.zeroshot
+    test_cfg = demo_zeroshot.stage2_config(demo_cfg, clip_dir, tok, "test", sam_checkpoint)
+    segment_dataset(test_cfg, demo_dir / "zeroshot" / "test")
+    train_cfg = demo_zeroshot.stage2_config(demo_cfg, clip_dir, tok, "train", sam_checkpoint)
+    train_cfg.dpfem.reuse = str(demo_dir / "zeroshot" / "test")
+    segment_dataset(train_cfg, demo_dir / "zeroshot" / "train")
+    test = demo_zeroshot.read_run(demo_dir / "zeroshot" / "test", test_s, zeroshot_cfg.structure)
+    train = demo_zeroshot.read_run(demo_dir / "zeroshot" / "train", train_s, zeroshot_cfg.structure)
     segmenter = make_segmenter(test_cfg.segmenter)
-    rows, points = _scored_rows(dc, w, test_s, test, segmenter)
+    rows, points = _scored_rows(demo_cfg, demo_dir, test_s, test, segmenter)
     records = test["records"] + train["records"]
     return {
         "rows": rows,
         "segmenter": segmenter.name,
         "segmenter_is_sam": sam_checkpoint is not None,
-        "pseudo_dir": w / "zeroshot" / "train" / "masks",
+        "pseudo_dir": demo_dir / "zeroshot" / "train" / "masks",
         "pseudo_train_dice": float(np.mean([r["dice"] for r in train["records"]])),
-        "pointing": _pointing(dc, w, test_cfg, test_s, test, points),
+        "pointing": _pointing(demo_cfg, demo_dir, test_cfg, test_s, test, points),
         "no_box": sum(bool(r["empty"]) for r in records),
         "notes": dict(collections.Counter(r["note"] for r in records if r["note"])),
         "test_dice": float(np.mean([r["dice"] for r in rows if r["method"] == ZERO_SHOT])),
@@ -60,9 +60,9 @@ def zero_shot(dc, w: pathlib.Path, clip_dir, tok, train_s, test_s, sam_checkpoin
                 "gt": s["gt"],
                 "id": s["id"],
             }
-            for i, s in enumerate(test_s[: int(z.n_overlays)])
+            for i, s in enumerate(test_s[: int(zeroshot_cfg.n_overlays)])
         ],
-        "position_prior": POSITION_PRIOR in _baseline_names(z.prompt),
+        "position_prior": POSITION_PRIOR in _baseline_names(zeroshot_cfg.prompt),
     }
 
 
@@ -73,46 +73,60 @@ def _baseline_names(prompt: str) -> list[str]:
     )
 
 
-def _scored_rows(dc, w, test_s, test: dict, segmenter) -> tuple[list[dict], list]:
+def _scored_rows(demo_cfg, demo_dir, test_s, test: dict, segmenter) -> tuple[list[dict], list]:
     """Per-case rows (evaluate's format) of the chain's test masks, with the DPFEM-refined map as
     the AUC score, and of each baseline's masks; the baselines' random points."""
-    zdir, gt_dir = w / "zeroshot" / "test", w / "data" / "xray_test" / "gt"
-    chain_dir = zs.write_masks(
+    zdir, gt_dir = demo_dir / "zeroshot" / "test", demo_dir / "data" / "xray_test" / "gt"
+    chain_dir = demo_zeroshot.write_masks(
         zdir / ZERO_SHOT.replace(" ", "_"), test_s, test["masks"], test["refined"]
     )
     rows = evaluate.evaluate_dirs(chain_dir, gt_dir, method=ZERO_SHOT, dataset=DATASET, seed=0)
     boxes = [r["boxes"][0] if r["boxes"] else None for r in test["records"]]
     images = [s["image"] for s in test_s]
-    base = baselines.baseline_masks(images, boxes, segmenter, dc.zeroshot.prompt, int(dc.seed))
+    base = baselines.baseline_masks(
+        images, boxes, segmenter, demo_cfg.zeroshot.prompt, int(demo_cfg.seed)
+    )
     for name, masks in base["masks"].items():
         # A baseline has no soft map: its AUC is that of the hard mask used as the score.
         probs = [m.astype(np.float32) for m in masks]
-        folder = zs.write_masks(zdir / name.replace(" ", "_"), test_s, masks, probs)
+        folder = demo_zeroshot.write_masks(zdir / name.replace(" ", "_"), test_s, masks, probs)
         rows += evaluate.evaluate_dirs(folder, gt_dir, method=name, dataset=DATASET, seed=0)
     return rows, base["points"]
 
 
-def _pointing(dc, w, cfg, test_s, test: dict, points) -> dict:
+def _pointing(demo_cfg, demo_dir, cfg, test_s, test: dict, points) -> dict:
     """Hit rate of each map's argmax in the target: the configured method's raw and refined maps,
     the control prompt's map, the other saliency methods, a random body point, the image centre."""
     from mzs_jax.pipeline.zeroshot import encode_prompts, load_clip
 
-    z = dc.zeroshot
+    zeroshot_cfg = demo_cfg.zeroshot
     gts = [s["gt"] for s in test_s]
     h, w_ = gts[0].shape
-    pointing = {f"raw {z.saliency} argmax": zs.pointing_game(test["raw"], gts)}
+    pointing = {
+        f"raw {zeroshot_cfg.saliency} argmax": demo_zeroshot.pointing_game(test["raw"], gts)
+    }
     model, tok, model_cfg = load_clip(cfg)
-    text = encode_prompts(model, tok, {"target": z.prompt, "control": z.control_prompt or "x"})
-    if z.control_prompt:  # text-driven: another prompt's map should not peak on the target
-        maps = zs.saliency_maps(model, model_cfg, test_s, text["control"], cfg, w / "zeroshot")
-        key = f"raw {z.saliency} argmax, control prompt {z.control_prompt!r}"
-        pointing[key] = zs.pointing_game(maps, gts)
-    for method in (m for m in METHODS if m != z.saliency):  # the other methods, same cases
-        g = zs.other_method(cfg, method)
-        maps = zs.saliency_maps(model, model_cfg, test_s, text["target"], g, w / "zeroshot")
-        pointing[f"raw {method} argmax"] = zs.pointing_game(maps, gts)
+    text = encode_prompts(
+        model, tok, {"target": zeroshot_cfg.prompt, "control": zeroshot_cfg.control_prompt or "x"}
+    )
+    if (
+        zeroshot_cfg.control_prompt
+    ):  # text-driven: another prompt's map should not peak on the target
+        maps = demo_zeroshot.saliency_maps(
+            model, model_cfg, test_s, text["control"], cfg, demo_dir / "zeroshot"
+        )
+        key = f"raw {zeroshot_cfg.saliency} argmax, control prompt {zeroshot_cfg.control_prompt!r}"
+        pointing[key] = demo_zeroshot.pointing_game(maps, gts)
+    for method in (
+        m for m in METHODS if m != zeroshot_cfg.saliency
+    ):  # the other methods, same cases
+        g = demo_zeroshot.other_method(cfg, method)
+        maps = demo_zeroshot.saliency_maps(
+            model, model_cfg, test_s, text["target"], g, demo_dir / "zeroshot"
+        )
+        pointing[f"raw {method} argmax"] = demo_zeroshot.pointing_game(maps, gts)
     return pointing | {
-        "DPFEM-refined argmax": zs.pointing_game(test["refined"], gts),
+        "DPFEM-refined argmax": demo_zeroshot.pointing_game(test["refined"], gts),
         "random body point": float(
             np.mean([g[y, x] for (y, x), g in zip(points, gts, strict=True)])
         ),
@@ -120,38 +134,38 @@ def _pointing(dc, w, cfg, test_s, test: dict, points) -> dict:
     }
 
 
-def weak_config(dc, w: pathlib.Path, seed: int):
+def weak_config(demo_cfg, demo_dir: pathlib.Path, seed: int):
     """configs/weak_phantom.py-style stage 3 config: pseudo-masks only (no ground truth)."""
     from mzs_jax.pipeline.weak import default_config
 
     c = default_config("phantom")
     c.seed = int(seed)
-    c.model.name = dc.weak.model
+    c.model.name = demo_cfg.weak.model
     d = c.data
-    d.images = str(w / "data" / "xray_train" / "images")
-    d.pseudo_masks = str(w / "zeroshot" / "train" / "masks")
-    d.pseudo_classes = (slug(dc.zeroshot.structure),)
-    d.image_size, d.in_channels, d.num_classes = int(dc.image_size), 1, 2
+    d.images = str(demo_dir / "data" / "xray_train" / "images")
+    d.pseudo_masks = str(demo_dir / "zeroshot" / "train" / "masks")
+    d.pseudo_classes = (slug(demo_cfg.zeroshot.structure),)
+    d.image_size, d.in_channels, d.num_classes = int(demo_cfg.image_size), 1, 2
     d.num_threads, d.prefetch = 1, 4
-    c.batch_size = int(dc.weak.batch_size)
-    c.num_epochs = int(dc.weak.epochs)
-    c.optimizer.lr = float(dc.weak.lr)
-    c.optimizer.decay_every_epochs = max(1.0, int(dc.weak.epochs) / 2)
+    c.batch_size = int(demo_cfg.weak.batch_size)
+    c.num_epochs = int(demo_cfg.weak.epochs)
+    c.optimizer.lr = float(demo_cfg.weak.lr)
+    c.optimizer.decay_every_epochs = max(1.0, int(demo_cfg.weak.epochs) / 2)
     c.checkpoint.every_steps = 10**6
     c.checkpoint.async_save = False
     return c
 
 
-def weak_stage(dc, w: pathlib.Path, zres: dict) -> dict:
+def weak_stage(demo_cfg, demo_dir: pathlib.Path, zero_shot_result: dict) -> dict:
     """Train, predict and score the ResUNet per seed; appends rows to the zero-shot rows."""
     from mzs_jax.pipeline import weak
 
-    test_images = w / "data" / "xray_test" / "images"
-    gt_dir = w / "data" / "xray_test" / "gt"
+    test_images = demo_dir / "data" / "xray_test" / "images"
+    gt_dir = demo_dir / "data" / "xray_test" / "gt"
     rows = []
-    for seed in dc.weak.seeds:
-        wd = w / "weak" / f"seed{seed}"
-        weak.train(weak_config(dc, w, seed), wd)
+    for seed in demo_cfg.weak.seeds:
+        wd = demo_dir / "weak" / f"seed{seed}"
+        weak.train(weak_config(demo_cfg, demo_dir, seed), wd)
         pred = wd / "pred"
         weak.predict_folder(wd, test_images, pred)
         rows += evaluate.evaluate_dirs(

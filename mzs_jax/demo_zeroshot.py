@@ -24,21 +24,23 @@ def make_split(demo_cfg, n: int, start: int, folder: pathlib.Path) -> list[dict]
     from mzs_jax.data import phantom
     from mzs_jax.data.phantom_formats import to_uint8
 
-    z = demo_cfg.zeroshot
+    zeroshot_cfg = demo_cfg.zeroshot
     samples = phantom.generate(
-        z.kind,
+        zeroshot_cfg.kind,
         n,
-        seed=int(z.data_seed),
+        seed=int(zeroshot_cfg.data_seed),
         size=int(demo_cfg.image_size),
         start=start,
-        findings=str(z.findings),
+        findings=str(zeroshot_cfg.findings),
     )
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "gt").mkdir(parents=True, exist_ok=True)
     for s in samples:
-        if z.structure not in s["structures"]:
-            raise ValueError(f"zeroshot.structure={z.structure!r} is not in phantom {s['id']}")
-        s["gt"] = phantom.structure_mask(s, z.structure)
+        if zeroshot_cfg.structure not in s["structures"]:
+            raise ValueError(
+                f"zeroshot.structure={zeroshot_cfg.structure!r} is not in phantom {s['id']}"
+            )
+        s["gt"] = phantom.structure_mask(s, zeroshot_cfg.structure)
         Image.fromarray(to_uint8(s["image"])).save(folder / "images" / f"{s['id']}.png")
         Image.fromarray(s["gt"].astype(np.uint8)).save(folder / "gt" / f"{s['id']}.png")
     return samples
@@ -58,35 +60,39 @@ def stage2_config(demo_cfg, clip_dir, tokenizer_dir, split: str, sam_checkpoint=
     DPFEM trains on its own n_dpfem phantoms after both (`dpfem.train_data`)."""
     from mzs_jax.pipeline.zeroshot import default_config
 
-    z = demo_cfg.zeroshot
+    zeroshot_cfg = demo_cfg.zeroshot
     c = default_config()
     c.dataset = DATASET
     c.clip_workdir, c.tokenizer = str(clip_dir), str(tokenizer_dir)
-    start, n = (0, int(z.n_train)) if split == "train" else (int(z.n_train), int(z.n_test))
+    start, n = (
+        (0, int(zeroshot_cfg.n_train))
+        if split == "train"
+        else (int(zeroshot_cfg.n_train), int(zeroshot_cfg.n_test))
+    )
     c.data.update(
         {
             "source": "phantom",
-            "kind": z.kind,
+            "kind": zeroshot_cfg.kind,
             "n": n,
-            "seed": int(z.data_seed),
+            "seed": int(zeroshot_cfg.data_seed),
             "size": int(demo_cfg.image_size),
             "start": start,
-            "findings": str(z.findings),
+            "findings": str(zeroshot_cfg.findings),
         }
     )
-    c.prompts = {z.structure: z.prompt}
-    c.saliency.method, c.saliency.topk = z.saliency, int(z.topk)
-    c.saliency.layer, c.saliency.point = int(z.layer), z.point
-    c.postprocess.box_mode = z.box_mode
-    c.dpfem.seed, c.dpfem.num_epochs = int(demo_cfg.seed), int(z.dpfem_epochs)
+    c.prompts = {zeroshot_cfg.structure: zeroshot_cfg.prompt}
+    c.saliency.method, c.saliency.topk = zeroshot_cfg.saliency, int(zeroshot_cfg.topk)
+    c.saliency.layer, c.saliency.point = int(zeroshot_cfg.layer), zeroshot_cfg.point
+    c.postprocess.box_mode = zeroshot_cfg.box_mode
+    c.dpfem.seed, c.dpfem.num_epochs = int(demo_cfg.seed), int(zeroshot_cfg.dpfem_epochs)
     c.dpfem.checkpoint.every_steps = 10**6
     c.dpfem.data.num_threads, c.dpfem.data.prefetch = 1, 4
-    c.dpfem.train_data.start = int(z.n_train) + int(z.n_test)
-    c.dpfem.train_data.n = int(z.n_dpfem)
+    c.dpfem.train_data.start = int(zeroshot_cfg.n_train) + int(zeroshot_cfg.n_test)
+    c.dpfem.train_data.n = int(zeroshot_cfg.n_dpfem)
     if sam_checkpoint is not None:
         c.segmenter.name, c.segmenter.checkpoint = "sam", str(sam_checkpoint)
     else:
-        c.segmenter.name = z.segmenter
+        c.segmenter.name = zeroshot_cfg.segmenter
     c.figures = False  # the report draws its own overlays
     return c
 
