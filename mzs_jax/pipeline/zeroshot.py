@@ -183,8 +183,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     t0 = time.perf_counter()
     sal, n_new = saliency_step(model, model_cfg, cfg, workdir, cases, text, workdir / "saliency")
     sal_s = (time.perf_counter() - t0) / max(1, n_new)
-    rgb = {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in cases}
-    refined_sal = refine_step(model, model_cfg, cfg, workdir, cases, text, sal, rgb)
+    refined_sal = refine_step(model, model_cfg, cfg, workdir, cases, text, sal)
     write_images(workdir, cases)
 
     seg = segmenters.make_segmenter(cfg.segmenter)
@@ -234,7 +233,12 @@ def saliency_step(model, model_cfg, cfg, workdir, cases, text, folder) -> tuple[
     return {(c["id"], n): np.load(path(c, n)) for c, n in items}, len(todo)
 
 
-def refine_step(model, model_cfg, cfg, workdir, cases, text, sal, rgb) -> dict:
+def clip_rgb(cases: list[dict], size: int) -> dict[str, np.ndarray]:
+    """Case id → the RGB image `(S, S, 3)` in [0, 1] at the CLIP resolution (DPFEM's input)."""
+    return {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in cases}
+
+
+def refine_step(model, model_cfg, cfg, workdir, cases, text, sal) -> dict:
     """Refined saliency per `(case, class)`: DPFEM trained without labels on `dpfem.train_data`
     (or reused from `dpfem.reuse`), never on the scored cases; `sal` itself when disabled."""
     if not cfg.dpfem.enabled:
@@ -245,13 +249,12 @@ def refine_step(model, model_cfg, cfg, workdir, cases, text, sal, rgb) -> dict:
         split_cases, _ = load_cases(split_cfg)
         folder = workdir / "dpfem" / "saliency"
         maps, _ = saliency_step(model, model_cfg, split_cfg, workdir, split_cases, text, folder)
-        images = {c["id"]: clip_inputs([c["image"]], size)[0][0] for c in split_cases}
         keys = [zeroshot_dpfem.case_key(split_cfg.data, c["id"]) for c in split_cases]
-        return keys, zeroshot_dpfem.examples(images, maps, cfg.postprocess.crf)
+        return keys, zeroshot_dpfem.examples(clip_rgb(split_cases, size), maps, cfg.postprocess.crf)
 
     scored = [zeroshot_dpfem.case_key(cfg.data, c["id"]) for c in cases]
     dpfem = zeroshot_dpfem.trained_model(cfg, workdir, scored, train_examples)
-    refined = zeroshot_dpfem.refine(dpfem, rgb, sal)
+    refined = zeroshot_dpfem.refine(dpfem, clip_rgb(cases, size), sal)
     (workdir / "refined").mkdir(exist_ok=True)
     for (cid, n), m in refined.items():
         np.save(workdir / "refined" / f"{file_id(cid)}_{slug(n)}.npy", m.astype(np.float32))
