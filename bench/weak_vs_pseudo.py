@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from skimage.filters import threshold_otsu
 
-from mzs_jax import cli
+from mzs_jax import cli, resources
 from mzs_jax.data import phantom
 from mzs_jax.pipeline import evaluate, report
 from mzs_jax.pipeline.segmenters import CRFMaskSegmenter
@@ -90,49 +90,7 @@ def main(argv=None) -> str:
     csv_path.unlink(missing_ok=True)
     # The pseudo-masks have no soft map: their AUC is NaN (`no_soft_map`), reported as n/a.
     for seed in args.seeds:
-        rows = evaluate.evaluate_dirs(
-            test["pseudo"],
-            test["gt"],
-            method="pseudo-mask",
-            dataset="xray-phantom",
-            seed=seed,
-            classes=[1],
-        )
-        evaluate.write_csv(rows, csv_path, append=True)
-        w = out / f"weak_seed{seed}"
-        config = str(pathlib.Path(__file__).parents[1] / "configs" / "weak_phantom.py")
-        rc = cli.main(
-            [
-                "train-weak",
-                "--config",
-                config,
-                "--workdir",
-                str(w),
-                f"--config.seed={seed}",
-                f"--config.num_epochs={args.epochs}",
-                f"--config.data.image_size={args.size}",
-                f"--config.data.images={train['images']}",
-                f"--config.data.pseudo_masks={train['pseudo']}",
-            ]
-        )
-        if rc:
-            raise RuntimeError(f"mzs train-weak failed for seed {seed} (exit {rc})")
-        pred = out / f"pred_seed{seed}"
-        cli.main(
-            [
-                "train-weak",
-                "--workdir",
-                str(w),
-                "--predict",
-                str(test["images"]),
-                "--out",
-                str(pred),
-            ]
-        )
-        rows = evaluate.evaluate_dirs(
-            pred, test["gt"], method="resunet-weak", dataset="xray-phantom", seed=seed, classes=[1]
-        )
-        evaluate.write_csv(rows, csv_path, append=True)
+        _run_seed(args, seed, train, test, out, csv_path)
     rows = evaluate.with_class_mean(evaluate.read_csv(csv_path))
     tests = [
         evaluate.format_ttest(
@@ -143,6 +101,52 @@ def main(argv=None) -> str:
         )
         for metric in ("dice", "iou")
     ]
+    overlays = _overlays(test, out / f"pred_seed{args.seeds[0]}")
+    md = report.write_report(
+        csv_path,
+        out / "report",
+        title="ResUNet vs pseudo-masks (phantoms)",
+        reference="pseudo-mask",
+        overlays=overlays,
+    )
+    header, body, _, caption = report.metrics_table(rows, reference="pseudo-mask")
+    section = report.to_markdown([("table", header, body), ("p", caption)])
+    section += "\n" + "\n".join(f"- {t}" for t in tests)
+    section += f"\n\nPer-case CSV: `{csv_path}`; full report: `{md}`.\n"
+    return section
+
+
+def _run_seed(args, seed: int, train: dict, test: dict, out: pathlib.Path, csv_path) -> None:
+    """Score the pseudo-masks, train one ResUNet on them, predict the test split, score it."""
+    rows = evaluate.evaluate_dirs(
+        test["pseudo"],
+        test["gt"],
+        method="pseudo-mask",
+        dataset="xray-phantom",
+        seed=seed,
+        classes=[1],
+    )
+    evaluate.write_csv(rows, csv_path, append=True)
+    w, pred = out / f"weak_seed{seed}", out / f"pred_seed{seed}"
+    config = str(resources.configs_dir() / "weak_phantom.py")
+    train_argv = ["train-weak", "--config", config, "--workdir", str(w), f"--config.seed={seed}",
+                  f"--config.num_epochs={args.epochs}", f"--config.data.image_size={args.size}",
+                  f"--config.data.images={train['images']}",
+                  f"--config.data.pseudo_masks={train['pseudo']}"]  # fmt: skip
+    predict_argv = ["train-weak", "--workdir", str(w), "--predict", str(test["images"]),
+                    "--out", str(pred)]  # fmt: skip
+    for what, argv in (("train-weak", train_argv), ("train-weak --predict", predict_argv)):
+        rc = cli.main(argv)
+        if rc:
+            raise RuntimeError(f"mzs {what} failed for seed {seed} (exit {rc})")
+    rows = evaluate.evaluate_dirs(
+        pred, test["gt"], method="resunet-weak", dataset="xray-phantom", seed=seed, classes=[1]
+    )
+    evaluate.write_csv(rows, csv_path, append=True)
+
+
+def _overlays(test: dict, pred: pathlib.Path) -> list[dict]:
+    """Two test cases with their pseudo-mask, and the same two with the ResUNet's prediction."""
     ids = sorted(evaluate.find_cases(test["gt"]))[:4]
     overlays = [
         {
@@ -156,24 +160,13 @@ def main(argv=None) -> str:
     overlays += [
         {
             "image": test["images"] / f"{c}.png",
-            "mask": out / f"pred_seed{args.seeds[0]}" / f"{c}.png",
+            "mask": pred / f"{c}.png",
             "gt": test["gt"] / f"{c}.png",
             "title": f"{c} resunet",
         }
         for c in ids[:2]
     ]
-    md = report.write_report(
-        csv_path,
-        out / "report",
-        title="ResUNet vs pseudo-masks (phantoms)",
-        reference="pseudo-mask",
-        overlays=overlays,
-    )
-    header, body, _, caption = report.metrics_table(rows, reference="pseudo-mask")
-    section = report.to_markdown([("table", header, body), ("p", caption)])
-    section += "\n" + "\n".join(f"- {t}" for t in tests)
-    section += f"\n\nPer-case CSV: `{csv_path}`; full report: `{md}`.\n"
-    return section
+    return overlays
 
 
 if __name__ == "__main__":

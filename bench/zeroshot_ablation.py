@@ -52,11 +52,11 @@ TARGETS = {  # target -> (phantom findings, prompt class = phantom structure, pr
 def arm_config(clip_wd, target: str, overrides: dict, n: int, dpfem_epochs: int):
     import ml_collections
 
-    from mzs_jax import cli
+    from mzs_jax import cli, resources
 
     findings, structure, prompt = TARGETS[target]
     args = [
-        f"--config={pathlib.Path(__file__).resolve().parents[1]}/configs/zeroshot_phantom.py",
+        f"--config={resources.configs_dir() / 'zeroshot_phantom.py'}",
         f"--config.clip_workdir={clip_wd}",
         f"--config.data.n={n}",
         f"--config.data.findings={findings}",

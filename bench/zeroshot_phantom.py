@@ -119,8 +119,6 @@ def main(argv: list[str]) -> str:
     if a.quick:
         a.seeds, a.steps, a.n, a.methods, a.captions = "7", 40, 16, "dense", 600
 
-    import numpy as np
-
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="mzs_bench_zeroshot_"))
     seeds = [int(s) for s in a.seeds.split(",")]
     models: dict[str, list[str]] = {"trained": [], "untrained": []}
@@ -140,6 +138,13 @@ def main(argv: list[str]) -> str:
         for i, wd in enumerate(wds)
         for method in a.methods.split(",")
     }
+    return _table(a, models, res)
+
+
+def _table(a, models: dict[str, list[str]], res: dict) -> str:
+    """One row per (CLIP kind, method, prompt): the pointing game and the masks, over seeds."""
+    import numpy as np
+
     arch = f"pool={a.pool}, patch={a.patch}, {a.steps} steps, seeds {a.seeds}"
     lines = [
         f"### Stage 2 on X-ray phantoms ({a.clip_workdir or arch}; {a.n} "

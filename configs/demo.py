@@ -45,12 +45,26 @@ def get_config(arg=None):
     h.steps = 10 if quick else 120
     h.warmup_steps = 2 if quick else 20
 
+    c.zeroshot = zeroshot_config(quick)
+
+    # Stage 3: ResUNet on the pseudo-masks, 3 seeds.
+    w = c.weak = ml_collections.ConfigDict()
+    w.seeds = (0, 1, 2)
+    w.epochs = 3 if quick else 6
+    w.batch_size = 8
+    w.lr = 1e-3
+    w.model = "tiny"
+    return c
+
+
+def zeroshot_config(quick: bool) -> ml_collections.ConfigDict:
+    """`config.zeroshot` (stage 2 of the demo)."""
     # Stage 2: zero-shot on chest X-ray phantoms with cardiomegaly, target = the enlarged heart:
     # the finding the phantom CLIP recognises (docs/zeroshot.md, "Which prompt does a phantom CLIP
     # localise?"), so the paper's gScoreCAM localises it from the text. The previous target
     # (both lungs, dense saliency: lungs are in every image, so a contrastive model has no reason
     # to localise them) is `--config.zeroshot.findings= --config.zeroshot.structure=lungs ...`.
-    z = c.zeroshot = ml_collections.ConfigDict()
+    z = ml_collections.ConfigDict()
     z.kind = "xray"
     z.findings = "cardiomegaly"  # "" = all phantoms; or comma-separated data.phantom.FINDINGS
     z.structure = "heart"  # key of the phantom's `structures`
@@ -68,12 +82,4 @@ def get_config(arg=None):
     z.segmenter = "grabcut"  # --sam-checkpoint switches to sam
     z.box_mode = "union"  # union (paper) | components | largest
     z.n_overlays = 4
-
-    # Stage 3: ResUNet on the pseudo-masks, 3 seeds.
-    w = c.weak = ml_collections.ConfigDict()
-    w.seeds = (0, 1, 2)
-    w.epochs = 3 if quick else 6
-    w.batch_size = 8
-    w.lr = 1e-3
-    w.model = "tiny"
-    return c
+    return z

@@ -110,6 +110,20 @@ class Stages:
         return time.perf_counter() - self.t0
 
 
+def _data(demo_cfg, demo_dir: pathlib.Path, shipped: pathlib.Path | None, st: Stages):
+    """Stage "data": the tokenizer (trained, or the shipped CLIP's) and the X-ray phantom splits."""
+    from mzs_jax import demo_clip
+
+    st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
+    if shipped is None:
+        tok = demo_clip.build_tokenizer(demo_cfg, demo_dir / "tokenizer")
+    else:
+        tok = shutil.copytree(shipped / "tokenizer", demo_dir / "tokenizer")
+    train_s, test_s = _phantom_splits(demo_cfg, demo_dir)
+    st.done(captions=int(demo_cfg.clip.n_captions), train=len(train_s), test=len(test_s))
+    return tok, train_s, test_s
+
+
 def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -125,13 +139,7 @@ def run(args) -> int:
     st = Stages(WEIGHTS if live else {**WEIGHTS, "pretrain": 2})
     facts: dict = {"mode": demo_cfg.mode, "devices": _devices(), "cpu_count": os.cpu_count()}
 
-    st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
-    if live:
-        tok = demo_clip.build_tokenizer(demo_cfg, demo_dir / "tokenizer")
-    else:
-        tok = shutil.copytree(shipped / "tokenizer", demo_dir / "tokenizer")
-    train_s, test_s = _phantom_splits(demo_cfg, demo_dir)
-    st.done(captions=int(demo_cfg.clip.n_captions), train=len(train_s), test=len(test_s))
+    tok, train_s, test_s = _data(demo_cfg, demo_dir, None if live else shipped, st)
 
     pre = demo_dir / "clip" / "pretrained"
     retrieval = {"pre-trained (no fine-tuning)": _pretrain(args, demo_cfg, pre, tok, st, facts)}

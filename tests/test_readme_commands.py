@@ -33,7 +33,7 @@ SMALL = {
         "--workdir", "demo_sam", "--config", "configs/demo.py:quick",
         "--config.clip.losses=('cehnc',)", "--config.clip.n_captions=120",
         "--config.clip.finetune_steps=1",
-        "--config.zeroshot.n_train=4",
+        "--config.zeroshot.n_train=2",
         "--config.zeroshot.n_test=2", "--config.zeroshot.n_dpfem=8",
         "--config.zeroshot.dpfem_epochs=1",
         "--config.zeroshot.n_overlays=2", "--config.weak.seeds=(0,)", "--config.weak.epochs=1",

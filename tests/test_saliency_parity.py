@@ -3,37 +3,19 @@ on the same weights: Pearson r ≥ 0.99 per map and the same top-k channels up t
 
 import numpy as np
 import pytest
-from flax import nnx
+from clip_pairs import model_pair, random_inputs
 
-from mzs_jax import convert
-from mzs_jax.models import clip
 from mzs_jax.pipeline import saliency
 
 torch = pytest.importorskip("torch")
 cam = pytest.importorskip("torch_bridge.cam")
-tclip = pytest.importorskip("torch_bridge.clip")
-
-
-def _pair(name, tmp_path, seed=0):
-    cfg = clip.model_config(name)
-    model = clip.CLIP(cfg, rngs=nnx.Rngs(seed))
-    path = tmp_path / f"{name}.safetensors"
-    convert.save_safetensors(convert.to_open_clip(model), path)
-    return cfg, model, tclip.build_open_clip(cfg, weights=path)
-
-
-def _inputs(cfg, b, seed=1):
-    rng = np.random.default_rng(seed)
-    s = cfg.vision.image_size
-    images = rng.standard_normal((b, s, s, 3)).astype(np.float32)
-    text = rng.standard_normal((b, cfg.embed_dim)).astype(np.float32)
-    return images, text / np.linalg.norm(text, axis=-1, keepdims=True)
+pytest.importorskip("torch_bridge.clip")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg, jmodel, tmodel = _pair("tiny", tmp_path_factory.mktemp("tiny"))
-    images, text = _inputs(cfg, 3)
+    cfg, jmodel, tmodel = model_pair("tiny", tmp_path_factory.mktemp("tiny"))
+    images, text = random_inputs(cfg, 3)
     return cfg, jmodel, tmodel, images, text
 
 
@@ -105,8 +87,8 @@ def test_bad_method_and_topk_are_clear_errors(tiny):
 
 @pytest.mark.slow
 def test_gscorecam_jax_matches_torch_on_full_size_random_biomedclip(tmp_path):
-    cfg, jmodel, tmodel = _pair("biomedclip", tmp_path)
-    images, text = _inputs(cfg, 1)
+    cfg, jmodel, tmodel = model_pair("biomedclip", tmp_path)
+    images, text = random_inputs(cfg, 1)
     k = 60
     maps_j, top_j, _ = saliency.saliency(
         jmodel, images, text, "gscorecam", topk=k, layer=-1, point="norm1", return_channels=True

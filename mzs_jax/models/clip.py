@@ -22,10 +22,32 @@ MODEL_NAMES = ("biomedclip", "tiny")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# Tower shapes per model name. The tiny widths are chosen pairwise different (64/80/96) so a
+# transposed weight cannot go unnoticed; proj_hidden = (text.width + embed_dim) // 2 as open_clip's
+# HF MLP projection computes it.
+_ARCHITECTURES = {
+    "biomedclip": dict(
+        embed_dim=512,
+        vision=dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_dim=3072),
+        text=dict(vocab_size=30522, max_positions=512, width=768, layers=12, heads=12,
+                  intermediate=3072, context_length=256, proj_hidden=640),
+    ),
+    "tiny": dict(
+        embed_dim=96,
+        vision=dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, mlp_dim=128),
+        text=dict(vocab_size=1024, max_positions=64, width=64, layers=2, heads=2,
+                  intermediate=128, context_length=32, proj_hidden=80),
+    ),
+}  # fmt: skip
+_VISION_COMMON = dict(ln_eps=1e-6, pool="token")
+_TEXT_COMMON = dict(type_vocab_size=2, ln_eps=1e-12, pad_token_id=0)
+
+
 def model_config(name: str) -> ConfigDict:
     """Architecture config for `"biomedclip"` (open_clip BiomedCLIP) or `"tiny"` (same family)."""
     if name not in MODEL_NAMES:
         raise ValueError(f"model name must be one of {MODEL_NAMES}, got {name!r}")
+    arch = _ARCHITECTURES[name]
     c = ConfigDict()
     c.name = name
     c.dtype = "float32"  # compute dtype: float32 | bfloat16
@@ -36,66 +58,9 @@ def model_config(name: str) -> ConfigDict:
     c.logit_bias_init = None
     # Metadata encoder (models/context.py, disabled by default); not part of an open_clip export.
     c.context = context_defaults()
-    if name == "biomedclip":
-        c.embed_dim = 512
-        c.vision = ConfigDict(
-            dict(
-                image_size=224,
-                patch_size=16,
-                width=768,
-                layers=12,
-                heads=12,
-                mlp_dim=3072,
-                ln_eps=1e-6,
-                pool="token",
-            )
-        )
-        c.text = ConfigDict(
-            dict(
-                vocab_size=30522,
-                max_positions=512,
-                type_vocab_size=2,
-                width=768,
-                layers=12,
-                heads=12,
-                intermediate=3072,
-                ln_eps=1e-12,
-                context_length=256,
-                proj_hidden=640,
-                pad_token_id=0,
-            )
-        )
-    else:
-        # Widths chosen pairwise different (64/80/96) so a transposed weight cannot go unnoticed;
-        # proj_hidden = (text.width + embed_dim) // 2 as open_clip's HF MLP projection computes it.
-        c.embed_dim = 96
-        c.vision = ConfigDict(
-            dict(
-                image_size=64,
-                patch_size=8,
-                width=64,
-                layers=2,
-                heads=2,
-                mlp_dim=128,
-                ln_eps=1e-6,
-                pool="token",
-            )
-        )
-        c.text = ConfigDict(
-            dict(
-                vocab_size=1024,
-                max_positions=64,
-                type_vocab_size=2,
-                width=64,
-                layers=2,
-                heads=2,
-                intermediate=128,
-                ln_eps=1e-12,
-                context_length=32,
-                proj_hidden=80,
-                pad_token_id=0,
-            )
-        )
+    c.embed_dim = arch["embed_dim"]
+    c.vision = ConfigDict({**arch["vision"], **_VISION_COMMON})
+    c.text = ConfigDict({**arch["text"], **_TEXT_COMMON})
     return c
 
 

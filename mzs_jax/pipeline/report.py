@@ -305,36 +305,7 @@ def write_report(
             ("table", ["dataset", "method", "vs", "metric", "n", "p"], pvals),
         ]
     per_class = [r for r in rows if r["class"] != evaluate.CLASS_MEAN]
-    summary = [s for s in evaluate.summarize(per_class)]
-    blocks += [
-        ("h", 2, "Per class"),
-        (
-            "table",
-            [
-                "dataset",
-                "method",
-                "class",
-                "metric",
-                "cases",
-                "NaN",
-                "both empty",
-                "mean ± std (cases)",
-            ],
-            [
-                [
-                    s["dataset"],
-                    s["method"],
-                    s["class"],
-                    s["metric"],
-                    str(s["n_cases"]),
-                    str(s["n_nan"]),
-                    str(s["n_both_empty"]),
-                    _pm(s["case_mean"], s["case_std"], metric_scale(s["metric"], 100)),
-                ]
-                for s in summary
-            ],
-        ),
-    ]
+    blocks += [("h", 2, "Per class"), per_class_table(per_class)]
     for metric in ("dice", "iou"):
         png = box_plots(per_class, out_dir / f"box_{metric}.png", metric)
         blocks.append(("img", png.name, f"per-class {metric} box plot"))
@@ -346,3 +317,18 @@ def write_report(
     md.write_text(to_markdown(blocks))
     (out_dir / "report.html").write_text(to_html(blocks, title))
     return md
+
+
+PER_CLASS_HEADER = ["dataset", "method", "class", "metric", "cases", "NaN", "both empty",
+                    "mean ± std (cases)"]  # fmt: skip
+
+
+def per_class_table(per_class: Sequence[dict]) -> Block:
+    """One row per (dataset, method, class, metric): case counts and mean ± std over cases."""
+    body = [
+        [s["dataset"], s["method"], s["class"], s["metric"], str(s["n_cases"]), str(s["n_nan"]),
+         str(s["n_both_empty"]),
+         _pm(s["case_mean"], s["case_std"], metric_scale(s["metric"], 100))]
+        for s in evaluate.summarize(per_class)
+    ]  # fmt: skip
+    return ("table", PER_CLASS_HEADER, body)

@@ -28,17 +28,7 @@ def train_config() -> ml_collections.ConfigDict:
     # and the loss reductions float32.
     c.compute_dtype = "float32"
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"  # adamw | sgd
-    c.optimizer.lr = 1e-5
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.98
-    c.optimizer.eps = 1e-6
-    c.optimizer.weight_decay = 0.2  # applied to >= 2-D parameters only
-    c.optimizer.grad_clip_norm = 0.0  # 0 = off
-    c.optimizer.warmup_steps = 0
-    c.optimizer.decay_every_epochs = 1.0  # step decay: lr *= decay_factor every N epochs
-    c.optimizer.decay_factor = 0.5
+    c.optimizer = optimizer_config()
 
     # Regex over parameter paths ("visual.blocks.0.attn.qkv.kernel"); matching params get no update.
     c.freeze = ()
@@ -114,3 +104,19 @@ def clip_config(loss: str = "cehnc") -> ml_collections.ConfigDict:
     c.eval.max_examples = 1000  # validation pairs embedded at each epoch end
     c.checkpoint.best_metric = "val/i2t_top1"
     return c
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+    """`config.optimizer` defaults (read by `train.step.make_optimizer`)."""
+    o = ml_collections.ConfigDict()
+    o.name = "adamw"  # adamw | sgd
+    o.lr = 1e-5
+    o.b1 = 0.9
+    o.b2 = 0.98
+    o.eps = 1e-6
+    o.weight_decay = 0.2  # applied to >= 2-D parameters only
+    o.grad_clip_norm = 0.0  # 0 = off
+    o.warmup_steps = 0
+    o.decay_every_epochs = 1.0  # step decay: lr *= decay_factor every N epochs
+    o.decay_factor = 0.5
+    return o

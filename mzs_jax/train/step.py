@@ -207,6 +207,16 @@ def make_gradient_fn(
         (loss, (metrics, rest)), grads = grad_fn(params, rest, batch, rng)
         return loss, metrics, rest, grads
 
+    if k == 1:
+        return plain
+    if two_phase:
+        return _grad_cache(graphdef, embed_fn, batch_loss_fn, k, scan)
+    return _independent(grad_fn, k, scan)
+
+
+def _independent(grad_fn: Callable, k: int, scan: Callable) -> Callable:
+    """The mean of k per-micro-batch gradients (`grad_fn` = value_and_grad of the whole loss)."""
+
     def independent(params, rest, batch, rng):
         def body(carry, xs):
             grads_acc, rest = carry
@@ -219,6 +229,14 @@ def make_gradient_fn(
         )
         grads = jax.tree.map(lambda g: g / k, grads)
         return jnp.mean(losses), jax.tree.map(jnp.mean, metrics), rest, grads
+
+    return independent
+
+
+def _grad_cache(
+    graphdef: nnx.GraphDef, embed_fn: Callable, batch_loss_fn: Callable, k: int, scan: Callable
+) -> Callable:
+    """GradCache over k micro-batches: the steps (a)-(c) of `make_gradient_fn`'s docstring."""
 
     def embed(params, rest, mb, rng):
         model = nnx.merge(graphdef, params, rest)
@@ -255,7 +273,7 @@ def make_gradient_fn(
         (grads, rest), _ = scan(backward, init, (micro, idx, _micro_batches(d_outputs, k)))
         return loss, metrics, rest, grads
 
-    return plain if k == 1 else (grad_cache if two_phase else independent)
+    return grad_cache
 
 
 def make_train_step(
