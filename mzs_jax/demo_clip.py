@@ -4,7 +4,6 @@ five losses through `train.loop.fit`, ROCO-protocol retrieval, and the open_clip
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 
@@ -191,8 +190,3 @@ def export_check(workdir: pathlib.Path, out: pathlib.Path, images: np.ndarray) -
         "max_abs_diff": diff,
         "n_images": int(len(images)),
     }
-
-
-def save_json(obj, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1))

@@ -477,10 +477,6 @@ def generate_mri(n: int, seed: int = 0, size: int = 64) -> list[dict]:
     return generate("mri", n, seed, size)
 
 
-def generate_ct(n: int, seed: int = 0, size: int = 64) -> list[dict]:
-    return generate("ct", n, seed, size)
-
-
 def generate_captions(n: int, seed: int = 0, size: int = 64) -> list[dict]:
     """A mixed caption set: sample i is of kind KINDS[i % 3] (X-ray, MRI, CT in turn)."""
     out = []

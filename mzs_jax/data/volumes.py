@@ -69,17 +69,6 @@ def to_isotropic(volume: np.ndarray, spacing, target: float = 1.0, *, order: int
     return resample(volume, resampled_shape(volume.shape, spacing, target), order=order)
 
 
-def isotropic_affine(affine: np.ndarray, old_shape, new_shape) -> np.ndarray:
-    """Affine of the resampled grid: same orientation and physical extent as `affine`."""
-    affine = np.asarray(affine, np.float64)
-    scale = np.array([o / n for o, n in zip(old_shape, new_shape, strict=True)])
-    out = affine.copy()
-    out[:3, :3] = affine[:3, :3] * scale[None, :]
-    # voxel-edge alignment: new voxel 0 centre sits at old index (scale - 1) / 2
-    out[:3, 3] = affine[:3, :3] @ ((scale - 1.0) / 2.0) + affine[:3, 3]
-    return out
-
-
 def zscore(volume: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Zero mean, unit variance (float32) over the whole volume."""
     volume = np.asarray(volume, np.float32)
