@@ -132,3 +132,36 @@ def test_standard_registry_sam_vit_b_loads_through_box_segmenter(tmp_path):
     img, _ = _image(64, 64)
     m = seg.segment(img, np.array([8, 8, 40, 40]))
     assert m.shape == (64, 64) and m.dtype == bool
+
+
+def test_embeddings_of_recent_images_are_reused_and_give_the_same_masks(small_sam_ckpt):
+    """Image A, then B, then A again: A is encoded once (LRU of `cache_images` embeddings), and
+    its mask from the cached embedding equals a fresh segmenter's mask."""
+    img, _ = _image()
+    other = img[::-1].copy()
+    box = np.array([40, 15, 100, 70])
+    seg = sam_mod.BoxSegmenter(small_sam_ckpt, "vit_b", image_size=256)
+    first = seg.segment(img, box)
+    seg.segment(other, box)
+    again = seg.segment(img, box)
+    assert seg.encoder_calls == 2
+    np.testing.assert_array_equal(first, again)
+    tiny = sam_mod.BoxSegmenter(small_sam_ckpt, "vit_b", image_size=256, cache_images=1)
+    for x in (img, other, img):
+        tiny.segment(x, box)
+    assert tiny.encoder_calls == 3
+
+
+def test_make_segmenter_shares_one_sam_per_checkpoint_file(tmp_path):
+    """The chain and the baselines build their segmenters separately; for the same file and
+    settings they get one model (one embedding cache); a rewritten file is loaded again."""
+    from mzs_jax.pipeline.zeroshot import default_config
+
+    ckpt = tmp_path / "sam.pth"
+    torch.save(sam_mod.build_sam("vit_b").state_dict(), ckpt)
+    cfg = default_config().segmenter
+    cfg.name, cfg.checkpoint = "sam", str(ckpt)
+    a, b = segmenters.make_segmenter(cfg), segmenters.make_segmenter(cfg)
+    assert a is b and a.name == "sam_vit_b(sam.pth)"
+    cfg.multimask_output = not cfg.multimask_output
+    assert segmenters.make_segmenter(cfg) is not a

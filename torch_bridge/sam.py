@@ -6,6 +6,7 @@ embedding is cached per image, so several boxes on one image cost one encoder pa
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import pathlib
 from functools import partial
@@ -118,6 +119,8 @@ class BoxSegmenter:
     mean/std) and its decoding (sigmoid > 0.5 of the upsampled low-res logits).
     `multimask_output=True` keeps, per box, the mask with the highest predicted IoU.
     `checkpoint=None` is refused unless `allow_random_init=True` (plumbing tests only).
+    The image embeddings of the last `cache_images` images are kept (about 4 MB each for
+    ViT-B at 1024 px), so prompting an image again does not re-run the encoder.
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class BoxSegmenter:
         image_size: int = 1024,
         device: str = "cpu",
         allow_random_init: bool = False,
+        cache_images: int = 64,
     ):
         if checkpoint is None and not allow_random_init:
             raise ValueError(
@@ -147,25 +151,40 @@ class BoxSegmenter:
         self.predictor = SamPredictor(self.sam)
         weights = "random-init" if checkpoint is None else pathlib.Path(checkpoint).name
         self.name = f"{'medsam' if medsam else 'sam'}_{model_type}({weights})"
-        self._key: str | None = None
         self._medsam_embedding: torch.Tensor | None = None
+        # image key -> encoder output (and the predictor's sizes): the chain and the box baselines
+        # prompt the same images one after another, so each image is encoded once.
+        self._cache: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self.cache_images = int(cache_images)
         self.encoder_calls = 0
 
     def _set_image(self, rgb: np.ndarray) -> None:
         key = _image_key(rgb)
-        if key == self._key:
-            return
-        self.encoder_calls += 1
+        if key not in self._cache:
+            self.encoder_calls += 1
+            self._cache[key] = self._encode(rgb)
+            while len(self._cache) > max(self.cache_images, 1):
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        features, original_size, input_size = self._cache[key]
+        if self.medsam:
+            self._medsam_embedding = features
+        else:
+            p = self.predictor
+            p.features, p.original_size, p.input_size = features, original_size, input_size
+            p.is_image_set = True
+
+    @torch.no_grad()
+    def _encode(self, rgb: np.ndarray) -> tuple:
         if self.medsam:
             size = self.sam.image_encoder.img_size
             x = torch.as_tensor(rgb, dtype=torch.float32).permute(2, 0, 1)[None]
             x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
             x = (x - x.min()) / torch.clamp(x.max() - x.min(), min=1e-8)
-            with torch.no_grad():
-                self._medsam_embedding = self.sam.image_encoder(x.to(self.device))
-        else:
-            self.predictor.set_image(rgb, image_format="RGB")
-        self._key = key
+            return self.sam.image_encoder(x.to(self.device)), None, None
+        self.predictor.set_image(rgb, image_format="RGB")
+        p = self.predictor
+        return p.features, p.original_size, p.input_size
 
     @torch.no_grad()
     def segment(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:

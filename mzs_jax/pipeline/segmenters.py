@@ -7,6 +7,8 @@ Every segmenter has a `.name` recorded next to each mask it produces.
 
 from __future__ import annotations
 
+import functools
+import pathlib
 from typing import Protocol
 
 import cv2
@@ -138,14 +140,26 @@ def make_segmenter(cfg: ConfigDict) -> Segmenter:
                 "--config.segmenter.checkpoint=PATH.pth or use "
                 "--config.segmenter.name=grabcut"
             )
-        from torch_bridge.sam import BoxSegmenter  # torch only when SAM is asked for
-
-        return _TorchBoxSegmenter(
-            BoxSegmenter(
-                cfg.checkpoint,
-                cfg.model_type,
-                medsam=name == "medsam",
-                multimask_output=cfg.multimask_output,
-            )
-        )
+        path = pathlib.Path(cfg.checkpoint)
+        stamp = (str(path.absolute()), *_file_stamp(path))
+        return _sam_segmenter(stamp, cfg.model_type, name == "medsam", bool(cfg.multimask_output))
     raise ValueError(f"segmenter.name must be grabcut|sam|medsam|crf, got {name!r}")
+
+
+def _file_stamp(path: pathlib.Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1)  # BoxSegmenter names the missing file
+    return (st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _sam_segmenter(stamp: tuple, model_type: str, medsam: bool, multimask: bool):
+    """One SAM per process for the same checkpoint file (path, mtime, size) and settings: the
+    chain and the box baselines then share the model and its image-embedding cache."""
+    from torch_bridge.sam import BoxSegmenter  # torch only when SAM is asked for
+
+    return _TorchBoxSegmenter(
+        BoxSegmenter(stamp[0], model_type, medsam=medsam, multimask_output=multimask)
+    )
