@@ -28,6 +28,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # profile_tabl
 
 import profile_tables  # noqa: E402
 
+from mzs_jax import host_memory  # noqa: E402
+
+HOST_MEMORY = host_memory.keep_freed_memory()  # before JAX starts its threads
+
 
 def _config(model: str, batch: int, dtype: str = "float32"):
     from mzs_jax.train.defaults import clip_config
@@ -437,7 +441,8 @@ def _report(a, model_name, n_mm, peaks, rows, tables, infos, notes, jax) -> str:
         f"{mc.vision.image_size}² px, {mc.text.context_length} tokens, InfoNCE, AdamW lr {o.lr} "
         f"betas ({o.b1}, {o.b2}) eps {o.eps} wd {o.weight_decay} on ≥2-D params, logit_scale "
         f"clipped to [0, ln 100]; {a.warmup} warm-up + {a.steps} timed steps per row (median). "
-        f"Parameters: JAX {first['params'][0]:,}, torch {first['params'][1]:,}.",
+        f"Parameters: JAX {first['params'][0]:,}, torch {first['params'][1]:,}. {HOST_MEMORY}; "
+        "the same process runs both sides.",
         "",
         *_table(rows),
         "",

@@ -13,6 +13,8 @@ import importlib
 import pathlib
 import sys
 
+from mzs_jax import host_memory
+
 # name -> (module, help). The module provides add_arguments(parser) and run(args).
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mzs_jax.demo", "whole method end to end on phantoms, offline, in minutes"),
@@ -26,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mzs_jax.pipeline.evaluate_cli", "IoU/Dice/AUC per case, seeds, paired t-test"),
     "bench": ("mzs_jax.bench_cli", "run bench/ scripts and write one Markdown table"),
 }
+# Commands whose runs are train steps: they print which host-malloc path ran (`host_memory`).
+_TRAINING = ("demo", "train-clip", "train-weak")
 
 
 class ConfigError(ValueError):
@@ -158,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"mzs: unknown subcommand {name!r}\n\n{_top_help()}", file=sys.stderr)
         return 2
+    try:  # before the subcommand's module (and JAX's thread pools) loads
+        memory = host_memory.keep_freed_memory()
+    except ValueError as e:
+        print(f"mzs {name}: error: {e}", file=sys.stderr)
+        return 2
+    if name in _TRAINING:
+        print(memory, file=sys.stderr)
     add, run = _resolve(name)
     parser = argparse.ArgumentParser(prog=f"mzs {name}", description=COMMANDS[name][1])
     parser.add_argument(

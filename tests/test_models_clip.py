@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from mzs_jax import convert
-from mzs_jax.models import clip
+from mzs_jax.models import clip, vit
 from mzs_jax.models.context import ContextEncoder
 
 
@@ -109,6 +109,37 @@ def test_project_on_the_class_token_is_the_image_embedding(tiny):
                                           m.visual(x)))(model, images)  # fmt: skip
     assert dense.shape == (2, 65, model.visual.head_proj.out_features)
     np.testing.assert_allclose(dense[:, 0], pooled, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_class_token_only_last_layer_gives_the_full_layers_values_and_gradients(tiny, remat):
+    """Both towers pool the class token, so their last layer computes only its output; the
+    embeddings and every parameter gradient equal those of the full last layer."""
+    cfg, model = tiny
+    model = convert.from_open_clip(convert.to_open_clip(model), cfg.copy_and_resolve_references())
+    model.visual.remat = model.text.remat = remat
+    images = jax.random.normal(jax.random.key(4), (2, 64, 64, 3))
+    ids = jax.random.randint(jax.random.key(5), (2, cfg.text.context_length), 1, 50)
+    mask = (jnp.arange(cfg.text.context_length)[None] < jnp.array([[9], [20]])).astype(jnp.int32)
+
+    def embeddings(m, full: bool):
+        if not full:
+            return m.visual(images), m.text(ids, mask)
+        tokens, _ = m.visual.forward_features(images)
+        cls = m.text.hidden_states(ids, mask)[:, 0]
+        return m.visual.project(tokens[:, 0]), m.text.proj_2(vit.gelu(m.text.proj_0(cls)))
+
+    def loss(m, full):
+        img, txt = embeddings(m, full)
+        return jnp.sum(jnp.sin(img)) + jnp.sum(jnp.cos(txt))
+
+    grad = nnx.jit(nnx.grad(loss), static_argnums=1)
+    for a, b in zip(embeddings(model, False), embeddings(model, True), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    fast, full = nnx.state(grad(model, False)), nnx.state(grad(model, True))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), fast, full)
+    with pytest.raises(ValueError, match="cls_only with a tap"):
+        model.visual.forward_features(images, tap=(0, "norm2"), cls_only=True)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_close_embeddings():

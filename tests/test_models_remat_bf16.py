@@ -47,9 +47,10 @@ def test_every_tower_matmul_takes_operands_in_the_compute_dtype(dtype):
     short = "bf16" if dtype == "bfloat16" else "f32"
     for tower, lowered in (("image", image_hlo), ("text", text_hlo)):
         ops = _matmul_operand_types(lowered.as_text())
-        # image: patch conv + 2 blocks × (qkv, 2 attention, proj, fc1, fc2) + head; text: 2 ×
+        # image: patch conv + 2 blocks × (qkv, 2 attention, proj, fc1, fc2) + head, the last
+        # block's qkv as 2 products (the class token's q; every token's k, v); text: 2 ×
         # (q, k, v, 2 attention, out, intermediate, output) + the 2-layer projection.
-        assert len(ops) == {"image": 1 + 2 * 6 + 1, "text": 2 * 8 + 2}[tower], (tower, ops)
+        assert len(ops) == {"image": 1 + 2 * 6 + 1 + 1, "text": 2 * 8 + 2}[tower], (tower, ops)
         for op, lhs, rhs in ops:
             assert lhs.endswith(f"x{short}>") and rhs.endswith(f"x{short}>"), (tower, op, lhs, rhs)
         # Params stay fp32 masters; the embeddings come out fp32 and unit-norm.

@@ -62,18 +62,20 @@ class BertLayer(nnx.Module):
         self.output = linear(cfg.intermediate, w, **kw)
         self.output_LayerNorm = nnx.LayerNorm(w, epsilon=cfg.ln_eps, **kw)
 
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """`x` `(B, L, W)`, `mask` boolean `(B, 1, 1, L)` (False on padded keys)."""
+    def __call__(self, x: jax.Array, mask: jax.Array, queries: int | None = None) -> jax.Array:
+        """`x` `(B, L, W)`, `mask` boolean `(B, 1, 1, L)` (False on padded keys) → `(B, L, W)`;
+        `queries=Q`: only the first Q tokens' outputs `(B, Q, W)` (keys, values from all L)."""
         b, n, w = x.shape
-        split = lambda t: t.reshape(b, n, self.heads, w // self.heads)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        a = dot_product_attention(q, k, v, mask, dtype=self.dtype)
-        x = self.attention_LayerNorm(x + self.attention_output(a.reshape(b, n, w)))
+        split = lambda t: t.reshape(b, t.shape[1], self.heads, w // self.heads)
+        k, v = split(self.key(x)), split(self.value(x))
+        x = x[:, :queries]
+        a = dot_product_attention(split(self.query(x)), k, v, mask, dtype=self.dtype)
+        x = self.attention_LayerNorm(x + self.attention_output(a.reshape(b, x.shape[1], w)))
         return self.output_LayerNorm(x + self.output(gelu(self.intermediate(x))))
 
 
-def _run_layer(layer: BertLayer, x, mask):
-    return layer(x, mask)
+def _run_layer(layer: BertLayer, x, mask, queries=None):
+    return layer(x, mask, queries)
 
 
 class TextTower(nnx.Module):
@@ -91,20 +93,25 @@ class TextTower(nnx.Module):
         self.proj_0 = linear(cfg.width, cfg.proj_hidden, use_bias=False, **kw)
         self.proj_2 = linear(cfg.proj_hidden, embed_dim, use_bias=False, **kw)
 
-    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        """`(B, L)` ids and 0/1 mask → last hidden state `(B, L, W)`; masked keys are ignored."""
+    def hidden_states(
+        self, input_ids: jax.Array, attention_mask: jax.Array, *, cls_only: bool = False
+    ) -> jax.Array:
+        """`(B, L)` ids and 0/1 mask → last hidden state `(B, L, W)`; masked keys are ignored.
+        `cls_only`: the last layer computes only the CLS token's output, `(B, 1, W)` (the same
+        values; all that CLS pooling reads)."""
         if input_ids.shape != attention_mask.shape or input_ids.ndim != 2:
             raise ValueError(
                 f"input_ids {tuple(input_ids.shape)} and attention_mask "
                 f"{tuple(attention_mask.shape)} must both be (B, L)"
             )
         mask = attention_mask[:, None, None, :] > 0
-        x, run_layer = self.embeddings(input_ids), remat_layer(_run_layer, self.remat)
-        for layer in self.layers:
-            x = run_layer(layer, x, mask)
+        x = self.embeddings(input_ids)
+        run_layer = remat_layer(_run_layer, self.remat, static_argnums=(3,))
+        for i, layer in enumerate(self.layers):
+            x = run_layer(layer, x, mask, 1 if cls_only and i == len(self.layers) - 1 else None)
         return x
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
         """`(B, L)` ids, mask → unnormalised embeddings `(B, E)` from the CLS token."""
-        cls = self.hidden_states(input_ids, attention_mask)[:, 0]
+        cls = self.hidden_states(input_ids, attention_mask, cls_only=True)[:, 0]
         return self.proj_2(gelu(self.proj_0(cls)))

@@ -75,7 +75,16 @@ def _linear_dot_general(lhs, rhs, dimension_numbers, precision=None, **kw):
         raise ValueError(
             f"linear: unsupported dot_general {dimension_numbers}, precision={precision}, {kw}"
         )
-    return mixed_einsum("...i,io->...o", lhs, rhs)
+    return flat_matmul(lhs, rhs)
+
+
+def flat_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`x (..., I) @ kernel (I, O)` as one `(N, I) @ (I, O)` product: on 3-D inputs the weight
+    gradient contracts two axes, and XLA:CPU materialises a transposed copy of the activation
+    for it (fused into the producing elementwise op, ~4× slower than the op; measured in
+    docs/performance.md); on the flattened 2-D form it reads the activation as it is."""
+    y = mixed_einsum("ni,io->no", x.reshape(-1, x.shape[-1]), kernel)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
 def linear(in_features: int, out_features: int, **kw) -> nnx.Linear:
@@ -83,3 +92,14 @@ def linear(in_features: int, out_features: int, **kw) -> nnx.Linear:
     (params cast inside) in both passes and it returns float32. Same values as a plain Linear
     in float32 (the kernel layout and initialisers are nnx.Linear's)."""
     return nnx.Linear(in_features, out_features, dot_general=_linear_dot_general, **kw)
+
+
+def linear_columns(layer: nnx.Linear, x: jax.Array, start: int, stop: int) -> jax.Array:
+    """`layer(x)[..., start:stop]` computing only those output columns (a `linear` layer: the
+    same dtype handling, kernel and bias sliced before the product)."""
+    bias = None if layer.bias is None else layer.bias[...][start:stop]
+    x, kernel, bias = layer.promote_dtype(
+        (x, layer.kernel[...][:, start:stop], bias), dtype=layer.dtype
+    )
+    y = flat_matmul(x, kernel)
+    return y if bias is None else y + bias

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mzs_jax.models.precision import DOT_NAME, linear, mixed_einsum
+from mzs_jax.models.precision import DOT_NAME, flat_matmul, linear, linear_columns, mixed_einsum
 
 TAP_POINTS = ("norm1", "norm2")
 # "token": class token (timm default, BiomedCLIP); "avg": mean of the patch tokens after the final
@@ -121,12 +121,20 @@ class Attention(nnx.Module):
         self.qkv = linear(width, 3 * width, **kw)
         self.proj = linear(width, width, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, queries: int | None = None) -> jax.Array:
+        """`(B, N, W)` → `(B, N, W)`, or with `queries=Q` the first Q tokens' outputs `(B, Q, W)`
+        (keys and values from all N tokens; only Q rows of the query projection are computed)."""
         b, n, w = x.shape
-        # `split` (not indexing a reshaped qkv): its gradient is one concatenate, where three
-        # index gradients would each pad to the full (B, N, 3W) and be summed.
-        q, k, v = (t.reshape(b, n, self.heads, -1) for t in jnp.split(self.qkv(x), 3, axis=-1))
-        return self.proj(dot_product_attention(q, k, v, dtype=self.dtype).reshape(b, n, w))
+        heads = lambda t: t.reshape(b, t.shape[1], self.heads, -1)
+        if queries is None:
+            # `split` (not indexing a reshaped qkv): its gradient is one concatenate, where
+            # three index gradients would each pad to the full (B, N, 3W) and be summed.
+            q, k, v = (heads(t) for t in jnp.split(self.qkv(x), 3, axis=-1))
+        else:
+            q = heads(linear_columns(self.qkv, x[:, :queries], 0, w))
+            k, v = (heads(t) for t in jnp.split(linear_columns(self.qkv, x, w, 3 * w), 2, -1))
+        out = dot_product_attention(q, k, v, dtype=self.dtype)
+        return self.proj(out.reshape(b, q.shape[1], w))
 
 
 class Mlp(nnx.Module):
@@ -151,14 +159,15 @@ class Block(nnx.Module):
         self.norm2 = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
         self.mlp = Mlp(cfg.width, cfg.mlp_dim, **kw)
 
-    def __call__(self, x, *, tap: str | None = None, tap_delta=None):
-        """Returns `(x, tapped)`; `tapped` is the `tap` activation (+ `tap_delta`) or None."""
+    def __call__(self, x, *, tap: str | None = None, tap_delta=None, queries: int | None = None):
+        """Returns `(x, tapped)`; `tapped` is the `tap` activation (+ `tap_delta`) or None.
+        `queries=Q`: only the first Q tokens' outputs, `(B, Q, W)` (see `Attention`)."""
         tapped = None
         h = self.norm1(x)
         if tap == "norm1":
             h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
             tapped = h
-        x = x + self.attn(h)
+        x = x[:, :queries] + self.attn(h, queries)
         h = self.norm2(x)
         if tap == "norm2":
             h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
@@ -167,8 +176,8 @@ class Block(nnx.Module):
         return x, tapped
 
 
-def _run_block(block: Block, x, tap_delta, tap):
-    return block(x, tap=tap, tap_delta=tap_delta)
+def _run_block(block: Block, x, tap_delta, tap, queries=None):
+    return block(x, tap=tap, tap_delta=tap_delta, queries=queries)
 
 
 class VisionTransformer(nnx.Module):
@@ -210,12 +219,14 @@ class VisionTransformer(nnx.Module):
         *,
         tap: tuple[int, str] | None = None,
         tap_delta: jax.Array | None = None,
+        cls_only: bool = False,
     ) -> tuple[jax.Array, jax.Array | None]:
         """images `(B, H, W, 3)` → (final-norm tokens `(B, 1+N, W)`, tapped `(B, 1+N, W)` or None).
 
         `tap=(block_index, "norm2")` (or "norm1") returns that block's normalised activation with
         `tap_delta` added before the block continues, so `jax.grad` w.r.t. `tap_delta` is the
-        gradient at that activation.
+        gradient at that activation. `cls_only`: the last block computes only the class
+        token's output (all that "token" pooling reads; the same values), tokens `(B, 1, W)`.
         """
         b, h, w, c = images.shape
         if (h, w, c) != (self.image_size, self.image_size, 3):
@@ -224,13 +235,17 @@ class VisionTransformer(nnx.Module):
                 f"{tuple(images.shape)}"
             )
         tap_block, tap_point = self._check_tap(tap)
+        if cls_only and tap is not None:
+            raise ValueError("forward_features: cls_only with a tap (taps need all tokens)")
         x = self._embed_patches(images)
         cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(x.dtype)
-        tapped, run_block = None, remat_layer(_run_block, self.remat, static_argnums=(3,))
+        tapped, run_block = None, remat_layer(_run_block, self.remat, static_argnums=(3, 4))
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             here = tap_point if i == tap_block else None
-            x, t = run_block(block, x, tap_delta if here else None, here)
+            queries = 1 if cls_only and i == last else None
+            x, t = run_block(block, x, tap_delta if here else None, here, queries)
             tapped = t if here else tapped
         return self.norm(x), tapped
 
@@ -244,7 +259,7 @@ class VisionTransformer(nnx.Module):
         patches = patches.reshape(b, g * g, p * p * 3).astype(self.dtype)
         conv = self.patch_embed
         kernel = conv.kernel[...].reshape(p * p * 3, -1).astype(self.dtype)  # HWIO → (HWI, O)
-        out = mixed_einsum("bnk,kw->bnw", patches, kernel)
+        out = flat_matmul(patches, kernel)
         return out + conv.bias[...].astype(self.dtype)
 
     def _check_tap(self, tap) -> tuple[int | None, str | None]:
@@ -262,8 +277,8 @@ class VisionTransformer(nnx.Module):
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """images `(B, H, W, 3)` → unnormalised embeddings `(B, E)`, pooled per `vision.pool`."""
-        tokens, _ = self.forward_features(images)
         if self.pool == "token":
-            return self.project(tokens[:, 0])
+            return self.project(self.forward_features(images, cls_only=True)[0][:, 0])
+        tokens, _ = self.forward_features(images)
         patches = tokens[:, 1:]
         return self.project(patches.mean(axis=1) if self.pool == "avg" else patches.max(axis=1))
