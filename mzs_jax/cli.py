@@ -167,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"mzs {name}: error: {e}", file=sys.stderr)
         return 2
-    if name in _TRAINING:
-        print(memory, file=sys.stderr)
     add, run = _resolve(name)
     parser = argparse.ArgumentParser(prog=f"mzs {name}", description=COMMANDS[name][1])
     parser.add_argument(
@@ -191,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mzs {name}: error: {e}", file=sys.stderr)
         return 2
+    if name in _TRAINING:  # after the arguments parsed: a bad one stays a one-line error
+        print(memory, file=sys.stderr)
     try:
         return int(run(args) or 0)
     except KeyboardInterrupt:

@@ -30,12 +30,15 @@ _SETTINGS = (("M_ARENA_MAX", -8, 1), ("M_MMAP_MAX", -4, 0), ("M_TRIM_THRESHOLD",
 
 
 def keep_freed_memory() -> str:
-    """Apply the settings above unless `MZS_HOST_MALLOC=system`; a line saying what ran."""
+    """Apply the settings above unless `MZS_HOST_MALLOC=system` or JAX is loaded already (an
+    in-process `cli.main` call from Python, the tests); a line saying which path ran."""
     mode = os.environ.get(ENV, "keep")
     if mode not in MODES:
         raise ValueError(f"{ENV} must be one of {MODES}, got {mode!r}")
     if mode == "system":
         return f"host malloc: system default ({ENV}=system)"
+    if "jaxlib" in sys.modules:  # its threads may hold arenas already: change nothing
+        return "host malloc: system default (JAX was loaded before keep_freed_memory ran)"
     if not sys.platform.startswith("linux"):
         return f"host malloc: system default (glibc mallopt is Linux-only; {sys.platform})"
     try:

@@ -77,6 +77,8 @@ def reference(tmp_path_factory, env):
     workdir = tmp_path_factory.mktemp("faults") / "ref"
     proc = train(env, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # A fresh `mzs` process sets the host allocator before JAX loads, and says so.
+    assert "host malloc: freed memory kept in the process" in proc.stderr, proc.stderr[:3000]
     return workdir, final_params(workdir)
 
 

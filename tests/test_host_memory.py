@@ -59,3 +59,10 @@ def test_a_bad_mode_is_refused_naming_the_variable(monkeypatch):
     from mzs_jax import cli
 
     assert cli.main(["train-clip", "--help"]) == 2
+
+
+def test_nothing_changes_once_jax_is_loaded(monkeypatch):
+    import jax  # noqa: F401  (this test process has JAX's threads running)
+
+    monkeypatch.delenv(host_memory.ENV, raising=False)
+    assert "JAX was loaded before" in host_memory.keep_freed_memory()
