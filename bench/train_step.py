@@ -18,6 +18,7 @@ import gc
 import math
 import os
 import pathlib
+import resource
 import statistics
 import sys
 import tempfile
@@ -167,18 +168,22 @@ def _time_jax(config, batch_np, warmup, steps, weights_path=None, profile_dir=No
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
     _check_compute_dtype(compiled, config.compute_dtype)
-    losses_seen, times = [], []
+    losses_seen, times, faults, kernel = [], [], [], []
     for i in range(warmup + steps):
-        t = time.perf_counter()
+        r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
         if i >= warmup:
             times.append(time.perf_counter() - t)
+            faults.append(r1.ru_minflt - r0.ru_minflt)  # minor page faults of the step
+            kernel.append(r1.ru_stime - r0.ru_stime)  # kernel CPU seconds of the step
         losses_seen.append(float(metrics["loss"]))
     table = None
     if profile_dir is not None:
         state, table = _profile_jax(compiled, state, batch, steps, profile_dir)
     out = dict(times=times, losses=losses_seen, flops=_flops_of(compiled), compile_s=compile_s)
+    out.update(faults=faults, kernel_s=kernel)
     del state, compiled
     gc.collect()
     return dict(out, params=n_params, table=table)

@@ -15,11 +15,9 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -46,32 +44,22 @@ def _undo(arm: str) -> None:
 def _child(arm: str, batch: int, steps: int) -> dict:
     from mzs_jax import host_memory
 
-    said = host_memory.keep_freed_memory()
-    import jax
+    said = host_memory.keep_freed_memory()  # before JAX loads
     import train_step as ts
 
     from mzs_jax.train import clip_task
-    from mzs_jax.train.input import to_global
-    from mzs_jax.train.mesh import batch_sharding, make_mesh
 
     _undo(arm)
     config = ts._config("biomedclip", batch)
-    mc = clip_task.clip_model_config(config)
-    jitted, state, _ = ts._jax_step(config, None)
-    data = to_global(ts._batch(mc, batch), batch_sharding(make_mesh(config.mesh)))
-    compiled = jitted.lower(state, data).compile()
-    times, faults, kernel = [], [], []
-    for i in range(1 + steps):
-        r0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        state, _ = compiled(state, data)
-        jax.block_until_ready(state)
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        if i:  # the first step is warm-up
-            times.append(time.perf_counter() - t)
-            faults.append(r1.ru_minflt - r0.ru_minflt)
-            kernel.append(r1.ru_stime - r0.ru_stime)
-    flops = ts._flops_of(compiled)
-    return dict(arm=arm, malloc=said, s=times, faults=faults, kernel=kernel, flops=flops)
+    r = ts._time_jax(config, ts._batch(clip_task.clip_model_config(config), batch), 1, steps)
+    return dict(
+        arm=arm,
+        malloc=said,
+        s=r["times"],
+        faults=r["faults"],
+        kernel=r["kernel_s"],
+        flops=r["flops"],
+    )
 
 
 def main(argv: list[str]) -> str:

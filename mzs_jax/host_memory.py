@@ -4,7 +4,8 @@ XLA:CPU allocates a step's temporary buffers (6.2 GiB for the full-size BiomedCL
 12) with `malloc` on its worker threads and frees them when the step ends. By default glibc gives
 each thread its own arena and returns large freed blocks to the kernel, so every step faults its
 whole working set back in, zero-filled: measured 2.44 M minor faults and ~10 s of kernel time in a
-23 s step (docs/performance.md § "Host memory"). `keep_freed_memory()` sets, through `mallopt`:
+23 s step (docs/performance.md, "Second round", item 1). `keep_freed_memory()` sets, through
+`mallopt`:
 
 - `M_ARENA_MAX=1`: one arena for all threads, so a block one step frees is the next step's;
 - `M_MMAP_MAX=0`: large blocks come from that heap, not from a fresh `mmap` each time;
@@ -12,9 +13,9 @@ whole working set back in, zero-filled: measured 2.44 M minor faults and ~10 s o
 
 The process then keeps its peak resident memory until it exits (the next step reuses it). The
 arena limit only binds threads that have not allocated yet, so it must run before JAX starts its
-thread pools: `mzs` calls it first thing for the commands that train, `bench/train_step.py` at
-start-up. `MZS_HOST_MALLOC=system` keeps the system's default; the returned line says which path
-ran, and the commands print it.
+thread pools: `mzs` calls it first thing for every subcommand (the training ones print the
+line), `bench/train_step.py` at start-up. `MZS_HOST_MALLOC=system` keeps the system's default;
+the returned line says which path ran.
 """
 
 from __future__ import annotations
