@@ -13,11 +13,7 @@ import numpy as np
 
 from mzs_jax.train.retrieval_scores import (  # noqa: F401 - re-exported: the public names
     METRICS,
-    _check_pairs,
-    _chunks,
     _hits,
-    _host,
-    _rank_counts,
     batch_retrieval,
     embed,
     has_metadata,

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mzs_jax.data.transforms import PairedAugment, resize_image
+from mzs_jax.data.transforms import PairedAugment
 from mzs_jax.models import resunet
 from mzs_jax.pipeline.evaluate import find_cases
 from mzs_jax.pipeline.metrics import dice, nanmean
@@ -27,7 +27,7 @@ from mzs_jax.pipeline.weak_data import (
     read_label_map,
     split_ids,
 )
-from mzs_jax.pipeline.weak_inference import predict, predict_slices
+from mzs_jax.pipeline.weak_inference import predict, predict_image, predict_slices
 from mzs_jax.train.step import with_compute_dtype
 
 # The data side lives in weak_data; these names stay importable from here.
@@ -182,23 +182,12 @@ def predict_folder(workdir, images_dir, out_dir) -> list[pathlib.Path]:
     from the best-validation checkpoint in `workdir` (else the latest) — input of `mzs evaluate`."""
     from PIL import Image
 
-    from mzs_jax.train.checkpoint import restore_model
-
-    step = best_step(workdir)
-    model, cfg = restore_model(workdir, step=step)
-    if not isinstance(model, resunet.ResUNet):
-        raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
+    model, cfg = _restore_resunet(workdir)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = int(cfg.image_size)
     written = []
     for cid, path in find_cases(images_dir).items():
-        image = load_image(path, cfg.in_channels)
-        x = resize_image(image, size).reshape(1, size, size, -1)
-        p = predict(model, x)[0]
-        h, w = image.shape[:2]
-        p = np.stack([resize_image(p[..., c], (h, w)) for c in range(p.shape[-1])])
-        p = p / p.sum(0, keepdims=True)
+        p = predict_image(model, load_image(path, cfg.in_channels), int(cfg.image_size))
         Image.fromarray(p.argmax(0).astype(np.uint8)).save(out_dir / f"{cid}.png")
         np.save(out_dir / f"{cid}_prob.npy", p.astype(np.float32))
         written.append(out_dir / f"{cid}.png")
@@ -211,7 +200,7 @@ def _restore_resunet(workdir):
     model, cfg = restore_model(workdir, step=best_step(workdir))
     if not isinstance(model, resunet.ResUNet):
         raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
-    return model, int(cfg.image_size)
+    return model, cfg
 
 
 def predict_acdc(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
@@ -219,28 +208,13 @@ def predict_acdc(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
     grid), written back as NIfTI `<name>.nii.gz` in the original geometry; with `gt_dir`, the
     matching ground-truth files are copied there under the same names, so `mzs evaluate` scores
     them volume-wise (the paper). Beside each volume, `<name>_prob.npy`: class probabilities
-    `(C, H, W, Z)` float16 on the original grid (linear resampling), for AUC."""
-    import shutil
+    `(C, H, W, Z)` float16 on the original grid (linear resampling), for AUC. The
+    one-member case of `ensemble.acdc_volumes`."""
+    from mzs_jax.pipeline.ensemble import acdc_volumes
 
-    import nibabel as nib
-
-    from mzs_jax.data.volumes import resample
-
-    model, size = _restore_resunet(workdir)
-    written = []
-    for k, v in enumerate(source.volumes):
-        image, _ = source.volume(k)  # (H, W, Z)
-        labels, probs = predict_slices(model, np.moveaxis(image, -1, 0), size)
-        name = pathlib.Path(v.image).name.removesuffix(".gz").removesuffix(".nii")
-        path = pathlib.Path(out_dir) / f"{name}.nii.gz"
-        written.append(source.write_prediction(k, np.moveaxis(labels, 0, -1), path))
-        shape = tuple(int(n) for n in nib.load(str(v.image)).shape[:3])
-        soft = [resample(np.moveaxis(p, 0, -1), shape, order=1) for p in probs]
-        np.save(path.with_name(f"{name}_prob.npy"), np.stack(soft).astype(np.float16))
-        if gt_dir is not None:
-            pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(v.label, pathlib.Path(gt_dir) / f"{name}.nii.gz")
-    return written
+    model, cfg = _restore_resunet(workdir)
+    volumes = acdc_volumes([model], int(cfg.image_size), source, out_dir, gt_dir)
+    return [path for _, path, *_ in volumes]
 
 
 def predict_synapse(
@@ -252,7 +226,7 @@ def predict_synapse(
     100 slices, hence opt-in), for AUC."""
     from mzs_jax.data.synapse import SynapseSlices, load_h5_volume
 
-    model, size = _restore_resunet(workdir)
+    model, cfg = _restore_resunet(workdir)
     source = SynapseSlices(root, split="test")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +234,7 @@ def predict_synapse(
     for path in source.files:
         image, label = load_h5_volume(path)
         case = source._case(path)
-        labels, probs = predict_slices(model, image, size)
+        labels, probs = predict_slices(model, image, int(cfg.image_size))
         np.save(out_dir / f"{case}.npy", labels)
         if soft_maps:
             np.save(out_dir / f"{case}_prob.npy", probs.astype(np.float16))
