@@ -38,9 +38,9 @@ def snapshot(workdir, model, model_config, epoch: int, keep: int) -> None:
         manager.wait_until_finished()
 
 
-def snapshot_steps(workdir) -> list[int]:
-    """Saved snapshot epochs, oldest first."""
-    d = pathlib.Path(workdir) / SNAPSHOT_DIR / ckpt.CKPT_DIR
+def snapshot_steps(workdir, folder: str = SNAPSHOT_DIR) -> list[int]:
+    """Saved snapshot epochs, oldest first (`folder=""`: the training checkpoints' steps)."""
+    d = pathlib.Path(workdir) / folder / ckpt.CKPT_DIR
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
@@ -185,10 +185,9 @@ def write_summary(path, rows, epochs) -> None:
 
 def uncertainty_figure(path, shown, epochs, max_rows: int = 6) -> pathlib.Path:
     """Image | mean foreground probability | variance, for the `max_rows` most uncertain cases."""
-    import matplotlib
+    from mzs_jax.pipeline.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = sorted(shown, key=lambda s: -float(s[3].mean()))[:max_rows]
     fig, axes = plt.subplots(len(shown), 3, figsize=(7.5, 2.5 * len(shown)), squeeze=False)

@@ -99,10 +99,7 @@ def metrics_table(
 
 def box_plots(rows: list[dict], out_png: str | pathlib.Path, metric: str = "dice") -> pathlib.Path:
     """One panel per dataset: per-case `metric` per class, one box per (class, method)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
@@ -124,17 +121,26 @@ def box_plots(rows: list[dict], out_png: str | pathlib.Path, metric: str = "dice
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30)
         ax.set_title(f"{d}: per-case {metric}")
         ax.set_ylim(-0.02, 1.02)
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
 
 
-def _save_figure(fig, out_png) -> pathlib.Path:
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend (figures are only written to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out_png, dpi: int = 100) -> pathlib.Path:
+    """Lay out, write (creating the folder) and close `fig`; returns the path."""
     fig.tight_layout()
     out_png = pathlib.Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    fig.savefig(out_png, dpi=dpi)
+    pyplot().close(fig)
     return out_png
 
 
@@ -155,10 +161,7 @@ def overlay_grid(items: Sequence, out_png: str | pathlib.Path) -> pathlib.Path:
     optional `saliency` (H, W), `box` (x0, y0, x1, y1), `mask` (H, W), `gt` (H, W), `title`:
     panels image | saliency | image + box | image + mask (red) and GT contour (green).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     if not items:
@@ -201,7 +204,7 @@ def overlay_grid(items: Sequence, out_png: str | pathlib.Path) -> pathlib.Path:
                 name, draw = shown[j]
                 draw(ax)
                 ax.set_title(f"{r.get('title', '')} {name}".strip(), fontsize=8)
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def render_table_from_csv(

@@ -159,15 +159,10 @@ def best_step(workdir, metric: str = "val/dice") -> int | None:
     """Checkpointed step with the highest `metric` in `workdir/metrics.jsonl` (None if no eval)."""
     import json
 
-    from mzs_jax.train.checkpoint import CKPT_DIR
+    from mzs_jax.pipeline.ensemble import snapshot_steps
 
     log = pathlib.Path(workdir) / "metrics.jsonl"
-    ckpt_dir = pathlib.Path(workdir) / CKPT_DIR
-    saved = (
-        {int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()}
-        if ckpt_dir.is_dir()
-        else set()
-    )
+    saved = set(snapshot_steps(workdir, folder=""))
     scores = {}
     if log.is_file():
         for line in log.read_text().splitlines():
