@@ -172,38 +172,27 @@ def overlay_grid(items: Sequence, out_png: str | pathlib.Path) -> pathlib.Path:
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.4 * ncol, 2.4 * len(rows)), squeeze=False)
     for ax_row, r in zip(axes, rows, strict=True):
         img = _as_image(r["image"])
-        gray = "gray" if img.ndim == 2 else None
-        shown = [("image", lambda ax, img=img, gray=gray: ax.imshow(img, cmap=gray))]
-        if "saliency" in r:
-            shown.append(
-                ("saliency", lambda ax, r=r: ax.imshow(_as_image(r["saliency"]), cmap="jet"))
-            )
-        if "box" in r:
-
-            def draw_box(ax, r=r, img=img, gray=gray):
-                ax.imshow(img, cmap=gray)
+        names = ["image", *(k for k in panels[1:] if k in r)]
+        for j, ax in enumerate(ax_row):
+            ax.axis("off")
+            if j >= len(names):
+                continue
+            if names[j] == "saliency":
+                ax.imshow(_as_image(r["saliency"]), cmap="jet")
+            else:
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            if names[j] == "box":
                 x0, y0, x1, y1 = r["box"]
                 ax.add_patch(
                     Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", lw=2)
                 )
-
-            shown.append(("box", draw_box))
-        if "mask" in r:
-
-            def draw_mask(ax, r=r, img=img, gray=gray):
-                ax.imshow(img, cmap=gray)
+            if names[j] == "mask":
                 m = _as_image(r["mask"]) > 0
                 ax.imshow(np.ma.masked_where(~m, m), cmap="autumn", alpha=0.5)
                 if "gt" in r:
                     ax.contour(_as_image(r["gt"]) > 0, levels=[0.5], colors="lime", linewidths=1)
-
-            shown.append(("mask" + (" / GT" if "gt" in r else ""), draw_mask))
-        for j, ax in enumerate(ax_row):
-            ax.axis("off")
-            if j < len(shown):
-                name, draw = shown[j]
-                draw(ax)
-                ax.set_title(f"{r.get('title', '')} {name}".strip(), fontsize=8)
+            name = names[j] + (" / GT" if names[j] == "mask" and "gt" in r else "")
+            ax.set_title(f"{r.get('title', '')} {name}".strip(), fontsize=8)
     return save_figure(fig, out_png)
 
 
