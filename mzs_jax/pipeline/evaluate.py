@@ -140,15 +140,12 @@ def with_class_mean(rows: list[dict]) -> list[dict]:
         if r["class"] != CLASS_MEAN:
             groups[(r["method"], r["dataset"], r["seed"], r["case"])].append(r)
     out = [r for r in rows if r["class"] != CLASS_MEAN]
-    for (m, d, s, c), rs in groups.items():
+    for key, rs in groups.items():
         mean = {k: _nanmean([r.get(k, float("nan")) for r in rs]) for k in METRICS}
         skipped = all(_skipped(r) for r in rs)
         out.append(
             {
-                "method": m,
-                "dataset": d,
-                "seed": s,
-                "case": c,
+                **dict(zip(("method", "dataset", "seed", "case"), key, strict=True)),
                 "class": CLASS_MEAN,
                 **mean,
                 "nsd_tol": rs[0].get("nsd_tol", ""),

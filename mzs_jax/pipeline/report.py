@@ -74,11 +74,9 @@ def metrics_table(
         cells = [dataset, method]
         for metric in evaluate.METRICS:
             s = by_key[(method, dataset, metric)]
-            across_seeds = s["n_seeds"] >= 2
-            spreads.add("seeds" if across_seeds else "cases")
-            mean, std = (
-                (s["seed_mean"], s["seed_std"]) if across_seeds else (s["case_mean"], s["case_std"])
-            )
+            across = "seed" if s["n_seeds"] >= 2 else "case"
+            spreads.add(across + "s")
+            mean, std = s[f"{across}_mean"], s[f"{across}_std"]
             mark = ""
             if reference and method != reference and (reference, dataset, metric) in by_key:
                 t = paired_ttest(rows, method, reference, metric, dataset=dataset, class_=class_)

@@ -284,54 +284,50 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.workdir is None:
         raise ValueError("--workdir is required")
-    if args.predict is not None:
-        if args.out is None:
-            raise ValueError("--predict needs --out")
-        if args.ensemble:
-            from mzs_jax.pipeline import ensemble
+    modes = ("predict", "predict_acdc", "predict_synapse")  # the first one given wins
+    mode = next((m for m in modes if getattr(args, m) is not None), None)
+    if args.ensemble and mode in (None, "predict_synapse"):
+        raise ValueError(
+            "--ensemble works with --predict and --predict-acdc, not Synapse"
+            if mode
+            else "--ensemble goes with --predict or --predict-acdc"
+        )
+    if mode is None:
+        if args.config is None:
+            raise ValueError("--config configs/weak_<dataset>.py is required")
+        last = train(args.config, args.workdir)
+        print("final: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
+        return 0
+    if args.out is None:
+        raise ValueError(f"--{mode.replace('_', '-')} needs --out")
+    from mzs_jax.pipeline import ensemble
 
-            written = ensemble.predict_folder(args.workdir, args.predict, args.out, args.ensemble)
-            print(
-                f"wrote {len(written)} masks, mean soft maps and variance maps of a "
-                f"{args.ensemble}-snapshot ensemble to {args.out} (figure: uncertainty.png)"
-            )
-            return 0
+    if mode == "predict" and args.ensemble:
+        written = ensemble.predict_folder(args.workdir, args.predict, args.out, args.ensemble)
+        print(
+            f"wrote {len(written)} masks, mean soft maps and variance maps of a "
+            f"{args.ensemble}-snapshot ensemble to {args.out} (figure: uncertainty.png)"
+        )
+    elif mode == "predict":
         written = predict_folder(args.workdir, args.predict, args.out)
         print(f"wrote {len(written)} masks and soft maps to {args.out}")
-        return 0
-    if args.predict_acdc is not None:
+    elif mode == "predict_acdc":
         from mzs_jax.data.acdc import AcdcSlices
 
-        if args.out is None:
-            raise ValueError("--predict-acdc needs --out")
         source = AcdcSlices(args.predict_acdc, split=args.split)
         if args.ensemble:
-            from mzs_jax.pipeline import ensemble
-
             written = ensemble.predict_acdc(
                 args.workdir, source, args.out, args.ensemble, args.gt_out
             )
             print(f"wrote {len(written)} volumes and variance maps to {args.out}")
-            return 0
-        written = predict_acdc(args.workdir, source, args.out, args.gt_out)
-        print(f"wrote {len(written)} volumes to {args.out}")
-        return 0
-    if args.predict_synapse is not None:
-        if args.ensemble:
-            raise ValueError("--ensemble works with --predict and --predict-acdc, not Synapse")
-        if args.out is None:
-            raise ValueError("--predict-synapse needs --out")
+        else:
+            written = predict_acdc(args.workdir, source, args.out, args.gt_out)
+            print(f"wrote {len(written)} volumes to {args.out}")
+    else:
         written = predict_synapse(
             args.workdir, args.predict_synapse, args.out, args.gt_out, args.soft_maps
         )
         print(f"wrote {len(written)} volumes to {args.out}")
-        return 0
-    if args.ensemble:
-        raise ValueError("--ensemble goes with --predict or --predict-acdc")
-    if args.config is None:
-        raise ValueError("--config configs/weak_<dataset>.py is required")
-    last = train(args.config, args.workdir)
-    print("final: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
     return 0
 
 
