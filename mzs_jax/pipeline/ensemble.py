@@ -11,7 +11,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mzs_jax.data.transforms import resize_image
 from mzs_jax.models import resunet
 from mzs_jax.train import checkpoint as ckpt
 
@@ -39,9 +38,9 @@ def snapshot(workdir, model, model_config, epoch: int, keep: int) -> None:
         manager.wait_until_finished()
 
 
-def snapshot_steps(workdir) -> list[int]:
-    """Saved snapshot epochs, oldest first."""
-    d = pathlib.Path(workdir) / SNAPSHOT_DIR / ckpt.CKPT_DIR
+def snapshot_steps(workdir, folder: str = SNAPSHOT_DIR) -> list[int]:
+    """Saved snapshot epochs, oldest first (`folder=""`: the training checkpoints' steps)."""
+    d = pathlib.Path(workdir) / folder / ckpt.CKPT_DIR
     return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
@@ -84,20 +83,6 @@ def variance_png(var_map: np.ndarray) -> np.ndarray:
     return np.round(255 * np.clip(PNG_VARIANCE_SCALE * var_map, 0, 1)).astype(np.uint8)
 
 
-def _member_probs(members, image: np.ndarray, size: int) -> np.ndarray:
-    """`(N, C, H, W)` class probabilities of one image `(H, W, C_in)` per member, at its size."""
-    from mzs_jax.pipeline.weak_inference import predict
-
-    h, w = image.shape[:2]
-    x = resize_image(image, size).reshape(1, size, size, -1)
-    out = []
-    for model in members:
-        p = predict(model, x)[0]
-        p = np.stack([resize_image(p[..., c], (h, w)) for c in range(p.shape[-1])])
-        out.append(p / p.sum(0, keepdims=True))
-    return np.stack(out)
-
-
 def predict_folder(workdir, images_dir, out_dir, n: int) -> list[pathlib.Path]:
     """`mzs train-weak --predict IMAGES --ensemble N`: per image, the label map of the mean soft
     map `<id>.png`, the mean `<id>_prob.npy` `(C, H, W)`, the per-class variance
@@ -107,6 +92,7 @@ def predict_folder(workdir, images_dir, out_dir, n: int) -> list[pathlib.Path]:
 
     from mzs_jax.pipeline.evaluate import find_cases
     from mzs_jax.pipeline.weak_data import load_image
+    from mzs_jax.pipeline.weak_inference import predict_image
 
     members, epochs, size = load_members(workdir, n)
     in_channels = int(ckpt.read_model_config(pathlib.Path(workdir) / SNAPSHOT_DIR).in_channels)
@@ -115,7 +101,7 @@ def predict_folder(workdir, images_dir, out_dir, n: int) -> list[pathlib.Path]:
     written, summary, shown = [], [], []
     for cid, path in find_cases(images_dir).items():
         image = load_image(path, in_channels)
-        mean, var = mean_and_variance(_member_probs(members, image, size))
+        mean, var = mean_and_variance(np.stack([predict_image(m, image, size) for m in members]))
         fg_var = foreground_variance(var)
         Image.fromarray(mean.argmax(0).astype(np.uint8)).save(out_dir / f"{cid}.png")
         np.save(out_dir / f"{cid}_prob.npy", mean)
@@ -129,11 +115,12 @@ def predict_folder(workdir, images_dir, out_dir, n: int) -> list[pathlib.Path]:
     return written
 
 
-def predict_acdc(workdir, source, out_dir, n: int, gt_dir=None) -> list[pathlib.Path]:
-    """`mzs train-weak --predict-acdc ROOT --ensemble N`: per volume, the label volume of the mean
-    soft map `<name>.nii.gz` (original geometry, as the single-model path), the mean
-    `<name>_prob.npy` `(C, H, W, Z)` float16, and `variance/<name>.nii.gz`: the foreground
-    variance, float32, in the original geometry (members resampled to it linearly first)."""
+def acdc_volumes(members, size: int, source, out_dir, gt_dir=None):
+    """Per volume of `data.acdc.AcdcSlices` `source` (resampled, z-scored grid), from the mean of
+    the `members`' slice-wise class probabilities: the label volume `<name>.nii.gz` in the
+    original geometry and `<name>_prob.npy` `(C, H, W, Z)` float16 on the original grid (each
+    member resampled to it linearly first); with `gt_dir`, the ground truth copied there under
+    the same name. Yields `(name, label path, original NIfTI, mean, variance)` per volume."""
     import shutil
 
     import nibabel as nib
@@ -141,22 +128,35 @@ def predict_acdc(workdir, source, out_dir, n: int, gt_dir=None) -> list[pathlib.
     from mzs_jax.data.volumes import resample
     from mzs_jax.pipeline.weak_inference import predict_slices
 
-    members, epochs, size = load_members(workdir, n)
     out_dir = pathlib.Path(out_dir)
-    (out_dir / VARIANCE_DIR).mkdir(parents=True, exist_ok=True)
-    written, summary, shown = [], [], []
     for k, v in enumerate(source.volumes):
         image, _ = source.volume(k)  # (H, W, Z) on the resampled grid
         grid = [predict_slices(m, np.moveaxis(image, -1, 0), size)[1] for m in members]
         labels = mean_and_variance(np.stack(grid))[0].argmax(0)  # (Z, H, W)
         name = pathlib.Path(v.image).name.removesuffix(".gz").removesuffix(".nii")
-        path = out_dir / f"{name}.nii.gz"
-        written.append(source.write_prediction(k, np.moveaxis(labels, 0, -1), path))
+        path = source.write_prediction(k, np.moveaxis(labels, 0, -1), out_dir / f"{name}.nii.gz")
         original = nib.load(str(v.image))
         shape = tuple(int(d) for d in original.shape[:3])
         on_original = [[resample(np.moveaxis(p, 0, -1), shape, order=1) for p in g] for g in grid]
         mean, var = mean_and_variance(np.asarray(on_original))
         np.save(out_dir / f"{name}_prob.npy", mean.astype(np.float16))
+        if gt_dir is not None:
+            pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(v.label, pathlib.Path(gt_dir) / f"{name}.nii.gz")
+        yield name, path, original, mean, var
+
+
+def predict_acdc(workdir, source, out_dir, n: int, gt_dir=None) -> list[pathlib.Path]:
+    """`mzs train-weak --predict-acdc ROOT --ensemble N`: `acdc_volumes` of the last N snapshots,
+    and `variance/<name>.nii.gz`: the foreground variance, float32, in the original geometry."""
+    import nibabel as nib
+
+    members, epochs, size = load_members(workdir, n)
+    out_dir = pathlib.Path(out_dir)
+    (out_dir / VARIANCE_DIR).mkdir(parents=True, exist_ok=True)
+    written, summary, shown = [], [], []
+    for name, path, original, mean, var in acdc_volumes(members, size, source, out_dir, gt_dir):
+        written.append(path)
         fg_var = foreground_variance(var)
         header = original.header.copy()
         header.set_data_dtype(np.float32)
@@ -165,12 +165,9 @@ def predict_acdc(workdir, source, out_dir, n: int, gt_dir=None) -> list[pathlib.
             out_dir / VARIANCE_DIR / f"{name}.nii.gz",
         )
         summary.append((name, float(fg_var.mean()), float(fg_var.max())))
-        z = shape[2] // 2  # the middle slice of each volume in the figure
+        z = original.shape[2] // 2  # the middle slice of each volume in the figure
         slice_ = np.asarray(original.dataobj, np.float32)[..., z]
         shown.append((name, slice_, 1.0 - mean[0][..., z], fg_var[..., z]))
-        if gt_dir is not None:
-            pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(v.label, pathlib.Path(gt_dir) / f"{name}.nii.gz")
     write_summary(out_dir / "uncertainty.csv", summary, epochs)
     uncertainty_figure(out_dir / "uncertainty.png", shown, epochs)
     return written
@@ -188,10 +185,9 @@ def write_summary(path, rows, epochs) -> None:
 
 def uncertainty_figure(path, shown, epochs, max_rows: int = 6) -> pathlib.Path:
     """Image | mean foreground probability | variance, for the `max_rows` most uncertain cases."""
-    import matplotlib
+    from mzs_jax.pipeline.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = sorted(shown, key=lambda s: -float(s[3].mean()))[:max_rows]
     fig, axes = plt.subplots(len(shown), 3, figsize=(7.5, 2.5 * len(shown)), squeeze=False)

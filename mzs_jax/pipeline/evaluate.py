@@ -53,20 +53,9 @@ METRICS = ("iou", "dice", "auc", "nsd", "hd95")
 # does not compute them) as NaN, i.e. "not measured", counted as `n_nan` in summaries.
 SURFACE_FIELDS = ("nsd", "hd95", "nsd_tol")
 CSV_FIELDS = (
-    "method",
-    "dataset",
-    "seed",
-    "case",
-    "class",
-    "iou",
-    "dice",
-    "auc",
-    "nsd",
-    "hd95",
-    "nsd_tol",
-    "pred_voxels",
-    "gt_voxels",
-    "note",
+    *("method", "dataset", "seed", "case", "class"),
+    *METRICS,
+    *("nsd_tol", "pred_voxels", "gt_voxels", "note"),
 )
 CLASS_MEAN = "mean"  # the `class` label of the per-case mean over foreground classes
 # A ground-truth case without a prediction: `--missing=error` (default) | `zero` | `skip`.
@@ -151,15 +140,12 @@ def with_class_mean(rows: list[dict]) -> list[dict]:
         if r["class"] != CLASS_MEAN:
             groups[(r["method"], r["dataset"], r["seed"], r["case"])].append(r)
     out = [r for r in rows if r["class"] != CLASS_MEAN]
-    for (m, d, s, c), rs in groups.items():
+    for key, rs in groups.items():
         mean = {k: _nanmean([r.get(k, float("nan")) for r in rs]) for k in METRICS}
         skipped = all(_skipped(r) for r in rs)
         out.append(
             {
-                "method": m,
-                "dataset": d,
-                "seed": s,
-                "case": c,
+                **dict(zip(("method", "dataset", "seed", "case"), key, strict=True)),
                 "class": CLASS_MEAN,
                 **mean,
                 "nsd_tol": rs[0].get("nsd_tol", ""),
@@ -175,28 +161,23 @@ def _skipped(row: dict) -> bool:
     return SKIPPED_NOTE in (row.get("note") or "")
 
 
-def _std(a: np.ndarray) -> float:
-    """Sample standard deviation (ddof=1); 0 for a single value."""
-    return float(a.std(ddof=1)) if a.size > 1 else 0.0
+def _mean_std(groups: dict[str, list[float]]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1; 0 for a single value) of the groups' NaN-aware means,
+    all-NaN groups left out; NaN for both when none is left."""
+    a = np.array([_nanmean(v) for v in groups.values()])
+    a = a[~np.isnan(a)]
+    if not a.size:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- summaries
 
 
 SUMMARY_FIELDS = (
-    "method",
-    "dataset",
-    "class",
-    "metric",
-    "n_cases",
-    "n_skipped",
-    "n_seeds",
-    "n_nan",
-    "n_both_empty",
-    "case_mean",
-    "case_std",
-    "seed_mean",
-    "seed_std",
+    *("method", "dataset", "class", "metric"),
+    *("n_cases", "n_skipped", "n_seeds", "n_nan", "n_both_empty"),
+    *("case_mean", "case_std", "seed_mean", "seed_std"),
 )
 
 
@@ -224,9 +205,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 v = r.get(k, float("nan"))  # rows made without NSD/HD95: not measured
                 per_case[r["case"]].append(v)
                 per_seed[r["seed"]].append(v)
-            case_vals = np.array([_nanmean(v) for v in per_case.values()])
-            seed_vals = np.array([_nanmean(v) for v in per_seed.values()])
-            case_vals, seed_vals = case_vals[~np.isnan(case_vals)], seed_vals[~np.isnan(seed_vals)]
+            (case_mean, case_std), (seed_mean, seed_std) = _mean_std(per_case), _mean_std(per_seed)
             out.append(
                 {
                     "method": m,
@@ -238,10 +217,10 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "n_seeds": len(per_seed),
                     "n_nan": int(sum(math.isnan(r.get(k, float("nan"))) for r in rs)),
                     "n_both_empty": both_empty,
-                    "case_mean": float(case_vals.mean()) if case_vals.size else float("nan"),
-                    "case_std": _std(case_vals) if case_vals.size else float("nan"),
-                    "seed_mean": float(seed_vals.mean()) if seed_vals.size else float("nan"),
-                    "seed_std": _std(seed_vals) if seed_vals.size else float("nan"),
+                    "case_mean": case_mean,
+                    "case_std": case_std,
+                    "seed_mean": seed_mean,
+                    "seed_std": seed_std,
                 }
             )
     return out

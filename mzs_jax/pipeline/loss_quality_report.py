@@ -93,13 +93,10 @@ def _p(p: float) -> str:
 
 def plot(result: dict, stats: dict, out_png: pathlib.Path) -> pathlib.Path:
     """Bars per metric × loss with 95 % CI error bars; the pre-trained model as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mzs_jax.pipeline.report import pyplot, save_figure
 
     losses = list(stats)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4), sharey=True)
+    fig, axes = pyplot().subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.4), sharey=True)
     for ax, m in zip(axes, METRICS, strict=True):
         means = [100 * stats[k][m]["mean"] for k in losses]
         cis = [100 * np.nan_to_num(stats[k][m]["ci"]) for k in losses]
@@ -111,11 +108,7 @@ def plot(result: dict, stats: dict, out_png: pathlib.Path) -> pathlib.Path:
         ax.set_title(m, fontsize=9)
     axes[0].set_ylabel("% (mean ± 95 % CI over seeds)")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)
 
 
 def tables(result: dict, stats: dict) -> tuple[list[str], list[list[str]], list[str], list[list]]:

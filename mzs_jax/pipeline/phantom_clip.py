@@ -26,13 +26,8 @@ def import_shipped(folder: pathlib.Path, workdir: pathlib.Path) -> str:
     mc = clip.model_config("tiny")
     model = convert.load_open_clip(path, mc)
     save_model(workdir, model, mc, step=0)
-    info = folder / "README.md"
-    cmd = (
-        next(
-            (ln.strip() for ln in info.read_text().splitlines() if "mzs train-clip" in ln),
-            "see README.md",
-        )
-        if info.is_file()
-        else "README.md missing"
-    )
+    info, cmd = folder / "README.md", "README.md missing"
+    if info.is_file():
+        lines = (ln.strip() for ln in info.read_text().splitlines() if "mzs train-clip" in ln)
+        cmd = next(lines, "see README.md")
     return f"shipped checkpoint {path.name} ({path.stat().st_size} bytes), trained by: {cmd}"

@@ -74,11 +74,9 @@ def metrics_table(
         cells = [dataset, method]
         for metric in evaluate.METRICS:
             s = by_key[(method, dataset, metric)]
-            across_seeds = s["n_seeds"] >= 2
-            spreads.add("seeds" if across_seeds else "cases")
-            mean, std = (
-                (s["seed_mean"], s["seed_std"]) if across_seeds else (s["case_mean"], s["case_std"])
-            )
+            across = "seed" if s["n_seeds"] >= 2 else "case"
+            spreads.add(across + "s")
+            mean, std = s[f"{across}_mean"], s[f"{across}_std"]
             mark = ""
             if reference and method != reference and (reference, dataset, metric) in by_key:
                 t = paired_ttest(rows, method, reference, metric, dataset=dataset, class_=class_)
@@ -99,10 +97,7 @@ def metrics_table(
 
 def box_plots(rows: list[dict], out_png: str | pathlib.Path, metric: str = "dice") -> pathlib.Path:
     """One panel per dataset: per-case `metric` per class, one box per (class, method)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
@@ -124,17 +119,26 @@ def box_plots(rows: list[dict], out_png: str | pathlib.Path, metric: str = "dice
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30)
         ax.set_title(f"{d}: per-case {metric}")
         ax.set_ylim(-0.02, 1.02)
-    return _save_figure(fig, out_png)
+    return save_figure(fig, out_png)
 
 
-def _save_figure(fig, out_png) -> pathlib.Path:
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend (figures are only written to files)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, out_png, dpi: int = 100) -> pathlib.Path:
+    """Lay out, write (creating the folder) and close `fig`; returns the path."""
     fig.tight_layout()
     out_png = pathlib.Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    fig.savefig(out_png, dpi=dpi)
+    pyplot().close(fig)
     return out_png
 
 
@@ -155,10 +159,7 @@ def overlay_grid(items: Sequence, out_png: str | pathlib.Path) -> pathlib.Path:
     optional `saliency` (H, W), `box` (x0, y0, x1, y1), `mask` (H, W), `gt` (H, W), `title`:
     panels image | saliency | image + box | image + mask (red) and GT contour (green).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     if not items:
@@ -169,39 +170,28 @@ def overlay_grid(items: Sequence, out_png: str | pathlib.Path) -> pathlib.Path:
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.4 * ncol, 2.4 * len(rows)), squeeze=False)
     for ax_row, r in zip(axes, rows, strict=True):
         img = _as_image(r["image"])
-        gray = "gray" if img.ndim == 2 else None
-        shown = [("image", lambda ax, img=img, gray=gray: ax.imshow(img, cmap=gray))]
-        if "saliency" in r:
-            shown.append(
-                ("saliency", lambda ax, r=r: ax.imshow(_as_image(r["saliency"]), cmap="jet"))
-            )
-        if "box" in r:
-
-            def draw_box(ax, r=r, img=img, gray=gray):
-                ax.imshow(img, cmap=gray)
+        names = ["image", *(k for k in panels[1:] if k in r)]
+        for j, ax in enumerate(ax_row):
+            ax.axis("off")
+            if j >= len(names):
+                continue
+            if names[j] == "saliency":
+                ax.imshow(_as_image(r["saliency"]), cmap="jet")
+            else:
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            if names[j] == "box":
                 x0, y0, x1, y1 = r["box"]
                 ax.add_patch(
                     Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", lw=2)
                 )
-
-            shown.append(("box", draw_box))
-        if "mask" in r:
-
-            def draw_mask(ax, r=r, img=img, gray=gray):
-                ax.imshow(img, cmap=gray)
+            if names[j] == "mask":
                 m = _as_image(r["mask"]) > 0
                 ax.imshow(np.ma.masked_where(~m, m), cmap="autumn", alpha=0.5)
                 if "gt" in r:
                     ax.contour(_as_image(r["gt"]) > 0, levels=[0.5], colors="lime", linewidths=1)
-
-            shown.append(("mask" + (" / GT" if "gt" in r else ""), draw_mask))
-        for j, ax in enumerate(ax_row):
-            ax.axis("off")
-            if j < len(shown):
-                name, draw = shown[j]
-                draw(ax)
-                ax.set_title(f"{r.get('title', '')} {name}".strip(), fontsize=8)
-    return _save_figure(fig, out_png)
+            name = names[j] + (" / GT" if names[j] == "mask" and "gt" in r else "")
+            ax.set_title(f"{r.get('title', '')} {name}".strip(), fontsize=8)
+    return save_figure(fig, out_png)
 
 
 def render_table_from_csv(

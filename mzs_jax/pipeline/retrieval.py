@@ -13,11 +13,7 @@ import numpy as np
 
 from mzs_jax.train.retrieval_scores import (  # noqa: F401 - re-exported: the public names
     METRICS,
-    _check_pairs,
-    _chunks,
     _hits,
-    _host,
-    _rank_counts,
     batch_retrieval,
     embed,
     has_metadata,
@@ -32,19 +28,19 @@ def mcnemar_table(
     hits_a: dict[str, np.ndarray], hits_b: dict[str, np.ndarray], name_a: str, name_b: str
 ) -> str:
     """Markdown: per metric, McNemar of paired per-query hits of model a vs model b."""
+    from mzs_jax.pipeline.report import to_markdown
     from mzs_jax.pipeline.stats import mcnemar
 
-    lines = [
+    title = (
         f"McNemar, {name_a} vs {name_b} (paired per-query hits, seed-0 shuffle, "
-        f"{len(hits_a[METRICS[0]])} queries; b = only {name_a} right, c = only {name_b} right)",
-        "",
-        "| metric | b | c | statistic | p | test |",
-        "|---|---|---|---|---|---|",
-    ]
+        f"{len(hits_a[METRICS[0]])} queries; b = only {name_a} right, c = only {name_b} right)"
+    )
+    body = []
     for m in METRICS:
         r = mcnemar(hits_a[m], hits_b[m])
-        lines.append(f"| {m} | {r.b} | {r.c} | {r.statistic:.3f} | {r.pvalue:.3g} | {r.method} |")
-    return "\n".join(lines) + "\n"
+        body.append([m, str(r.b), str(r.c), f"{r.statistic:.3f}", f"{r.pvalue:.3g}", r.method])
+    header = ["metric", "b", "c", "statistic", "p", "test"]
+    return to_markdown([("p", title), ("table", header, body)])
 
 
 def write_tables(
@@ -57,26 +53,24 @@ def write_tables(
 ) -> str:
     """`out.csv` (one row per model, mean and std columns) and `out.md` (the table, then `notes`
     after a blank line if given); returns the Markdown."""
+    from mzs_jax.pipeline.report import to_markdown
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["model"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
         for name, res in rows:
             w.writerow([name] + [f"{v:.6f}" for m in METRICS for v in res[m]])
-    md = [
+    title = (
         f"Retrieval (ROCO protocol: batches of {batch} from a shuffle, {seeds} seeds, "
-        "mean ± std, %)",
-        "",
-        "| model | " + " | ".join(METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
+        "mean ± std, %)"
+    )
+    body = [
+        [name, *(f"{100 * res[m][0]:.2f} ± {100 * res[m][1]:.2f}" for m in METRICS)]
+        for name, res in rows
     ]
-    for name, res in rows:
-        md.append(
-            f"| {name} | "
-            + " | ".join(f"{100 * res[m][0]:.2f} ± {100 * res[m][1]:.2f}" for m in METRICS)
-            + " |"
-        )
-    text = "\n".join(md) + "\n" + (f"\n{notes}" if notes else "")
+    text = to_markdown([("p", title), ("table", ["model", *METRICS], body)])
+    text += f"\n{notes}" if notes else ""
     out.with_suffix(".md").write_text(text)
     return text
 

@@ -69,17 +69,8 @@ def paired_ttest(
     from scipy.stats import ttest_rel
 
     a, b = paired_values(rows, method_a, method_b, metric, dataset=dataset, class_=class_)
-    if a.size < 2:
-        return TTest(metric, int(a.size), _nanmean(a), _nanmean(b), float("nan"), float("nan"))
-    res = ttest_rel(a, b)
-    return TTest(
-        metric,
-        int(a.size),
-        float(a.mean()),
-        float(b.mean()),
-        float(res.statistic),
-        float(res.pvalue),
-    )
+    stat, p = (float("nan"),) * 2 if a.size < 2 else map(float, ttest_rel(a, b))
+    return TTest(metric, int(a.size), _nanmean(a), _nanmean(b), stat, p)
 
 
 @dataclasses.dataclass(frozen=True)

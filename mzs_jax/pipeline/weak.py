@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mzs_jax.data.transforms import PairedAugment, resize_image
+from mzs_jax.data.transforms import PairedAugment
 from mzs_jax.models import resunet
 from mzs_jax.pipeline.evaluate import find_cases
 from mzs_jax.pipeline.metrics import dice, nanmean
@@ -27,7 +27,7 @@ from mzs_jax.pipeline.weak_data import (
     read_label_map,
     split_ids,
 )
-from mzs_jax.pipeline.weak_inference import predict, predict_slices
+from mzs_jax.pipeline.weak_inference import predict, predict_image, predict_slices
 from mzs_jax.train.step import with_compute_dtype
 
 # The data side lives in weak_data; these names stay importable from here.
@@ -159,15 +159,10 @@ def best_step(workdir, metric: str = "val/dice") -> int | None:
     """Checkpointed step with the highest `metric` in `workdir/metrics.jsonl` (None if no eval)."""
     import json
 
-    from mzs_jax.train.checkpoint import CKPT_DIR
+    from mzs_jax.pipeline.ensemble import snapshot_steps
 
     log = pathlib.Path(workdir) / "metrics.jsonl"
-    ckpt_dir = pathlib.Path(workdir) / CKPT_DIR
-    saved = (
-        {int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()}
-        if ckpt_dir.is_dir()
-        else set()
-    )
+    saved = set(snapshot_steps(workdir, folder=""))
     scores = {}
     if log.is_file():
         for line in log.read_text().splitlines():
@@ -182,23 +177,12 @@ def predict_folder(workdir, images_dir, out_dir) -> list[pathlib.Path]:
     from the best-validation checkpoint in `workdir` (else the latest) — input of `mzs evaluate`."""
     from PIL import Image
 
-    from mzs_jax.train.checkpoint import restore_model
-
-    step = best_step(workdir)
-    model, cfg = restore_model(workdir, step=step)
-    if not isinstance(model, resunet.ResUNet):
-        raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
+    model, cfg = _restore_resunet(workdir)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = int(cfg.image_size)
     written = []
     for cid, path in find_cases(images_dir).items():
-        image = load_image(path, cfg.in_channels)
-        x = resize_image(image, size).reshape(1, size, size, -1)
-        p = predict(model, x)[0]
-        h, w = image.shape[:2]
-        p = np.stack([resize_image(p[..., c], (h, w)) for c in range(p.shape[-1])])
-        p = p / p.sum(0, keepdims=True)
+        p = predict_image(model, load_image(path, cfg.in_channels), int(cfg.image_size))
         Image.fromarray(p.argmax(0).astype(np.uint8)).save(out_dir / f"{cid}.png")
         np.save(out_dir / f"{cid}_prob.npy", p.astype(np.float32))
         written.append(out_dir / f"{cid}.png")
@@ -211,7 +195,7 @@ def _restore_resunet(workdir):
     model, cfg = restore_model(workdir, step=best_step(workdir))
     if not isinstance(model, resunet.ResUNet):
         raise ValueError(f"{workdir}: holds a {type(model).__name__}, not a ResUNet")
-    return model, int(cfg.image_size)
+    return model, cfg
 
 
 def predict_acdc(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
@@ -219,28 +203,13 @@ def predict_acdc(workdir, source, out_dir, gt_dir=None) -> list[pathlib.Path]:
     grid), written back as NIfTI `<name>.nii.gz` in the original geometry; with `gt_dir`, the
     matching ground-truth files are copied there under the same names, so `mzs evaluate` scores
     them volume-wise (the paper). Beside each volume, `<name>_prob.npy`: class probabilities
-    `(C, H, W, Z)` float16 on the original grid (linear resampling), for AUC."""
-    import shutil
+    `(C, H, W, Z)` float16 on the original grid (linear resampling), for AUC. The
+    one-member case of `ensemble.acdc_volumes`."""
+    from mzs_jax.pipeline.ensemble import acdc_volumes
 
-    import nibabel as nib
-
-    from mzs_jax.data.volumes import resample
-
-    model, size = _restore_resunet(workdir)
-    written = []
-    for k, v in enumerate(source.volumes):
-        image, _ = source.volume(k)  # (H, W, Z)
-        labels, probs = predict_slices(model, np.moveaxis(image, -1, 0), size)
-        name = pathlib.Path(v.image).name.removesuffix(".gz").removesuffix(".nii")
-        path = pathlib.Path(out_dir) / f"{name}.nii.gz"
-        written.append(source.write_prediction(k, np.moveaxis(labels, 0, -1), path))
-        shape = tuple(int(n) for n in nib.load(str(v.image)).shape[:3])
-        soft = [resample(np.moveaxis(p, 0, -1), shape, order=1) for p in probs]
-        np.save(path.with_name(f"{name}_prob.npy"), np.stack(soft).astype(np.float16))
-        if gt_dir is not None:
-            pathlib.Path(gt_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(v.label, pathlib.Path(gt_dir) / f"{name}.nii.gz")
-    return written
+    model, cfg = _restore_resunet(workdir)
+    volumes = acdc_volumes([model], int(cfg.image_size), source, out_dir, gt_dir)
+    return [path for _, path, *_ in volumes]
 
 
 def predict_synapse(
@@ -252,7 +221,7 @@ def predict_synapse(
     100 slices, hence opt-in), for AUC."""
     from mzs_jax.data.synapse import SynapseSlices, load_h5_volume
 
-    model, size = _restore_resunet(workdir)
+    model, cfg = _restore_resunet(workdir)
     source = SynapseSlices(root, split="test")
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +229,7 @@ def predict_synapse(
     for path in source.files:
         image, label = load_h5_volume(path)
         case = source._case(path)
-        labels, probs = predict_slices(model, image, size)
+        labels, probs = predict_slices(model, image, int(cfg.image_size))
         np.save(out_dir / f"{case}.npy", labels)
         if soft_maps:
             np.save(out_dir / f"{case}_prob.npy", probs.astype(np.float16))
@@ -315,54 +284,50 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if args.workdir is None:
         raise ValueError("--workdir is required")
-    if args.predict is not None:
-        if args.out is None:
-            raise ValueError("--predict needs --out")
-        if args.ensemble:
-            from mzs_jax.pipeline import ensemble
+    modes = ("predict", "predict_acdc", "predict_synapse")  # the first one given wins
+    mode = next((m for m in modes if getattr(args, m) is not None), None)
+    if args.ensemble and mode in (None, "predict_synapse"):
+        raise ValueError(
+            "--ensemble works with --predict and --predict-acdc, not Synapse"
+            if mode
+            else "--ensemble goes with --predict or --predict-acdc"
+        )
+    if mode is None:
+        if args.config is None:
+            raise ValueError("--config configs/weak_<dataset>.py is required")
+        last = train(args.config, args.workdir)
+        print("final: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
+        return 0
+    if args.out is None:
+        raise ValueError(f"--{mode.replace('_', '-')} needs --out")
+    from mzs_jax.pipeline import ensemble
 
-            written = ensemble.predict_folder(args.workdir, args.predict, args.out, args.ensemble)
-            print(
-                f"wrote {len(written)} masks, mean soft maps and variance maps of a "
-                f"{args.ensemble}-snapshot ensemble to {args.out} (figure: uncertainty.png)"
-            )
-            return 0
+    if mode == "predict" and args.ensemble:
+        written = ensemble.predict_folder(args.workdir, args.predict, args.out, args.ensemble)
+        print(
+            f"wrote {len(written)} masks, mean soft maps and variance maps of a "
+            f"{args.ensemble}-snapshot ensemble to {args.out} (figure: uncertainty.png)"
+        )
+    elif mode == "predict":
         written = predict_folder(args.workdir, args.predict, args.out)
         print(f"wrote {len(written)} masks and soft maps to {args.out}")
-        return 0
-    if args.predict_acdc is not None:
+    elif mode == "predict_acdc":
         from mzs_jax.data.acdc import AcdcSlices
 
-        if args.out is None:
-            raise ValueError("--predict-acdc needs --out")
         source = AcdcSlices(args.predict_acdc, split=args.split)
         if args.ensemble:
-            from mzs_jax.pipeline import ensemble
-
             written = ensemble.predict_acdc(
                 args.workdir, source, args.out, args.ensemble, args.gt_out
             )
             print(f"wrote {len(written)} volumes and variance maps to {args.out}")
-            return 0
-        written = predict_acdc(args.workdir, source, args.out, args.gt_out)
-        print(f"wrote {len(written)} volumes to {args.out}")
-        return 0
-    if args.predict_synapse is not None:
-        if args.ensemble:
-            raise ValueError("--ensemble works with --predict and --predict-acdc, not Synapse")
-        if args.out is None:
-            raise ValueError("--predict-synapse needs --out")
+        else:
+            written = predict_acdc(args.workdir, source, args.out, args.gt_out)
+            print(f"wrote {len(written)} volumes to {args.out}")
+    else:
         written = predict_synapse(
             args.workdir, args.predict_synapse, args.out, args.gt_out, args.soft_maps
         )
         print(f"wrote {len(written)} volumes to {args.out}")
-        return 0
-    if args.ensemble:
-        raise ValueError("--ensemble goes with --predict or --predict-acdc")
-    if args.config is None:
-        raise ValueError("--config configs/weak_<dataset>.py is required")
-    last = train(args.config, args.workdir)
-    print("final: " + " ".join(f"{k}={v:.4g}" for k, v in last.items()))
     return 0
 
 

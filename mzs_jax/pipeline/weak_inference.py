@@ -29,6 +29,15 @@ def predict(model: resunet.ResUNet, images: np.ndarray, batch_size: int = 16) ->
     return np.concatenate(out)
 
 
+def predict_image(model, image: np.ndarray, size: int) -> np.ndarray:
+    """Class probabilities `(C, H, W)` of one image `(H, W, C_in)`: predicted at the model's
+    `size`, each class resized back to `(H, W)`, renormalised to sum to 1 per pixel."""
+    h, w = image.shape[:2]
+    p = predict(model, resize_image(image, size).reshape(1, size, size, -1))[0]
+    p = np.stack([resize_image(p[..., c], (h, w)) for c in range(p.shape[-1])])
+    return p / p.sum(0, keepdims=True)
+
+
 def predict_slices(model, slices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Label maps `(Z, H, W)` int16 and class probabilities `(C, Z, H, W)` float32 of a stack of
     slices `(Z, H, W)`: each slice resized to the model's `size`, its probabilities resized back
