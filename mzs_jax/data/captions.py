@@ -15,8 +15,8 @@ import numpy as np
 from mzs_jax.data.sources import (
     RecordSource,
     bad,
-    check_items,
     read_png,
+    require_file,
     split_indices,
     to_unit_float,
 )
@@ -134,9 +134,7 @@ def read_roco_folder(folder: pathlib.Path) -> list[CaptionRecord]:
 def read_medpix_index(index: pathlib.Path) -> list[CaptionRecord]:
     """MedPix-style index: a JSON list, JSON lines or CSV of {image|filename, caption, ...};
     image paths are relative to the index file's folder (or its `images/`)."""
-    if not index.is_file():
-        raise FileNotFoundError(f"{index}: no such file")
-    text = _read_text(index)
+    text = _read_text(require_file(index))
     if index.suffix.lower() == ".csv":
         rows = _rows_from_csv(index)
     elif index.suffix.lower() == ".jsonl":
@@ -208,9 +206,7 @@ class CaptionSource(RecordSource):
             if verify_images if verify_images is not None else skip_bad:
                 self._read_image(r.image)
 
-        records = check_items(
-            records, check, lambda r: str(r.origin), skip_bad=skip_bad, skipped=self.skipped
-        )
+        records = self._check_items(records, check, lambda r: str(r.origin), skip_bad)
         cleaned = [
             CaptionRecord(r.id, r.image, clean_caption(r.caption), r.metadata, r.origin)
             for r in records

@@ -15,7 +15,7 @@ import numpy as np
 
 from mzs_jax.data.captions import MIN_CAPTION_CHARS, clean_caption
 from mzs_jax.data.dicom import read_dicom_image, read_dicom_series
-from mzs_jax.data.sources import RecordSource, read_png
+from mzs_jax.data.sources import RecordSource, read_png, require_file
 from mzs_jax.data.volumes import load_nifti
 
 CT3_STRUCTURES = {"liver": (1,), "spine": (2,), "heart": (3,)}
@@ -52,9 +52,7 @@ def iu_xray_reports(tgz: str | pathlib.Path | None = None) -> list[dict]:
     """Parse `NLMCXR_reports.tgz` in memory (nothing derived is written): one dict per report
     with `id`, `findings`, `impression`, `tags`, `images` and `caption` = cleaned
     FINDINGS + IMPRESSION with the 'XXXX' placeholders removed ('' if shorter than 20 chars)."""
-    tgz = pathlib.Path(tgz) if tgz else shared_data_dir() / "iu_xray_reports" / "NLMCXR_reports.tgz"
-    if not tgz.is_file():
-        raise FileNotFoundError(f"{tgz}: no such file")
+    tgz = require_file(tgz or shared_data_dir() / "iu_xray_reports" / "NLMCXR_reports.tgz")
     reports = []
     with tarfile.open(tgz, "r:gz") as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
