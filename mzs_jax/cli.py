@@ -174,13 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE.py[:arg]",
         help="ml_collections config file; override keys with --config.key=value",
     )
-    if not any(a.dest == "workdir" for a in parser._actions):
-        parser.add_argument(
-            "--workdir",
-            type=pathlib.Path,
-            default=None,
-            help="directory for checkpoints, metrics and outputs",
-        )
+    parser.add_argument(
+        "--workdir",
+        type=pathlib.Path,
+        default=None,
+        help="directory for checkpoints, metrics and outputs",
+    )
     add(parser)
     try:
         config_args, rest = split_config_args(argv[1:])

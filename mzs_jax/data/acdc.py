@@ -63,16 +63,9 @@ def patient_volumes(folder: pathlib.Path) -> list[AcdcVolume]:
     info = read_info(folder / "Info.cfg")
     out = []
     for phase in ("ED", "ES"):
-        stem = folder / f"{folder.name}_frame{int(info[phase]):02d}"
-        out.append(
-            AcdcVolume(
-                folder.name,
-                phase,
-                pathlib.Path(f"{stem}.nii.gz"),
-                pathlib.Path(f"{stem}_gt.nii.gz"),
-                info.get("Group", ""),
-            )
-        )
+        stem = f"{folder.name}_frame{int(info[phase]):02d}"
+        image, label = folder / f"{stem}.nii.gz", folder / f"{stem}_gt.nii.gz"
+        out.append(AcdcVolume(folder.name, phase, image, label, info.get("Group", "")))
     return out
 
 

@@ -77,6 +77,15 @@ def _find_image(folder: pathlib.Path, name: str) -> pathlib.Path:
     return folder / f"{name}.jpg"
 
 
+def _record(
+    row: dict, rid: str, folder: pathlib.Path, name: str, origin: str, captions=("caption",)
+) -> CaptionRecord:
+    """The `CaptionRecord` of one index row: its image `name` under `folder`, its first
+    non-empty field of `captions` as the caption, and its metadata columns."""
+    caption = _first(row, captions) or ""
+    return CaptionRecord(rid, _find_image(folder, name), caption, _metadata(row), origin)
+
+
 def _rows_from_csv(path: pathlib.Path) -> list[tuple[int, dict]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -109,15 +118,7 @@ def read_roco_folder(folder: pathlib.Path) -> list[CaptionRecord]:
         for i, row in _rows_from_csv(csvs[0]):
             rid = _first(row, ("id", "image_id")) or f"row{i}"
             name = _first(row, ("name", "file_name", "filename", "image")) or rid
-            records.append(
-                CaptionRecord(
-                    rid,
-                    _find_image(images, name),
-                    _first(row, ("caption",)) or "",
-                    _metadata(row),
-                    f"{csvs[0]}:{i}",
-                )
-            )
+            records.append(_record(row, rid, images, name, f"{csvs[0]}:{i}"))
         return records
     txt = folder / "captions.txt"
     if not txt.is_file():
@@ -163,15 +164,8 @@ def read_medpix_index(index: pathlib.Path) -> list[CaptionRecord]:
             raise bad(index, f"entry {i} has no image/filename field")
         folder = index.parent if (index.parent / name).exists() else index.parent / "images"
         rid = _first(row, ("id", "uid")) or pathlib.Path(name).stem
-        records.append(
-            CaptionRecord(
-                rid,
-                _find_image(folder, name),
-                _first(row, ("caption", "text", "description")) or "",
-                _metadata(row),
-                f"{index}:{i}",
-            )
-        )
+        captions = ("caption", "text", "description")
+        records.append(_record(row, rid, folder, name, f"{index}:{i}", captions))
     return records
 
 

@@ -16,7 +16,6 @@ from mzs_jax.data import phantom
 
 METADATA_KEYS = ("modality", "body_region", "age", "sex", "history")
 ACDC_INTENSITY_SCALE = 1000.0  # phantom [0, 1] intensities are stored as int16 * 1000
-COVIDQU_CLASSES = ("COVID-19", "Non-COVID", "Normal")
 _COVID_PREFIX = {"COVID-19": "covid", "Non-COVID": "non_COVID", "Normal": "Normal"}
 
 Tick = Callable[[int], None] | None

@@ -121,15 +121,10 @@ def dicom_samples(root: str | pathlib.Path | None = None) -> dict[str, np.ndarra
     `ct3_series` (the 3-slice CT series as `(Z, H, W)` HU)."""
     base = shared_data_dir(root)
     d = base / "dicom_samples_pydicom_data"
-    cr, _ = read_dicom_image(d / "RG1_UNCR.dcm.gz")
-    ct, _ = read_dicom_image(d / "explicit_VR-UN.dcm")
-    mr, _ = read_dicom_image(d / "MR-SIEMENS-DICOM-WithOverlays.dcm")
-    lesion = read_png(d / "mr_abdomen_lesion_mask.png") > 0
-    series = read_dicom_series(base / "ct_abdomen_3slice_dcmqi" / "source")
     return {
-        "chest_cr": cr,
-        "pancreas_ct": ct,
-        "mr_liver": mr,
-        "mr_lesion_mask": lesion,
-        "ct3_series": series.array,
+        "chest_cr": read_dicom_image(d / "RG1_UNCR.dcm.gz")[0],
+        "pancreas_ct": read_dicom_image(d / "explicit_VR-UN.dcm")[0],
+        "mr_liver": read_dicom_image(d / "MR-SIEMENS-DICOM-WithOverlays.dcm")[0],
+        "mr_lesion_mask": read_png(d / "mr_abdomen_lesion_mask.png") > 0,
+        "ct3_series": read_dicom_series(base / "ct_abdomen_3slice_dcmqi" / "source").array,
     }
