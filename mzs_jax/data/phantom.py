@@ -334,10 +334,9 @@ def ct_slice(p: dict, t: float, rng: np.random.Generator) -> tuple[np.ndarray, n
                 < 1
             )
             hu[gas] = -700.0
-    spine = ellipse_profile(shp, (0.73 * S, 0.5 * S), (0.06 * S, 0.055 * S)) < 1
-    hu[spine] = 450.0 + 150.0 * (
-        ellipse_profile(shp, (0.73 * S, 0.5 * S), (0.06 * S, 0.055 * S))[spine] > 0.75
-    )
+    spine_r = ellipse_profile(shp, (0.73 * S, 0.5 * S), (0.06 * S, 0.055 * S))
+    spine = spine_r < 1
+    hu[spine] = 450.0 + 150.0 * (spine_r[spine] > 0.75)  # cortical rim brighter
     mask[spine] = 0
     les = p["lesion"]
     if les is not None and abs(t - les["z"]) < les["r"] * 2.5:
@@ -479,8 +478,4 @@ def generate_mri(n: int, seed: int = 0, size: int = 64) -> list[dict]:
 
 def generate_captions(n: int, seed: int = 0, size: int = 64) -> list[dict]:
     """A mixed caption set: sample i is of kind KINDS[i % 3] (X-ray, MRI, CT in turn)."""
-    out = []
-    for i in range(n):
-        kind = KINDS[i % 3]
-        out.extend(generate(kind, 1, seed, size, start=i // 3))
-    return out
+    return [generate(KINDS[i % 3], 1, seed, size, start=i // 3)[0] for i in range(n)]
