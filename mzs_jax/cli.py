@@ -39,15 +39,14 @@ class ConfigError(ValueError):
 def split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Separate `--config FILE[:arg]` and `--config.key=value` from the other arguments."""
     config_args, rest = [], []
-    it = iter(range(len(argv)))
-    for i in it:
-        a = argv[i]
+    it = iter(argv)
+    for a in it:
         if a == "--config" or (a.startswith("--config.") and "=" not in a):
-            if i + 1 >= len(argv):
+            value = next(it, None)
+            if value is None:
                 raise ConfigError(f"{a} needs a value")
-            config_args.append(f"{a}={argv[i + 1]}")
-            next(it, None)
-        elif a.startswith("--config=") or a.startswith("--config."):
+            config_args.append(f"{a}={value}")
+        elif a.startswith(("--config=", "--config.")):
             config_args.append(a)
         else:
             rest.append(a)

@@ -225,10 +225,6 @@ class CaptionSource(RecordSource):
     def _path(self, r: CaptionRecord) -> str:
         return str(r.image)
 
-    @property
-    def captions(self) -> list[str]:
-        return [r.caption for r in self._records]
-
 
 def roco_folders(root: pathlib.Path, subsets: tuple[str, ...]) -> list[pathlib.Path]:
     """All `<subset>` folders under `root` (ROCO: `data/{train,validation,test}/<subset>`)."""

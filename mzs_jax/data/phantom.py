@@ -429,12 +429,10 @@ def generate(
     names = [f.strip() for f in names if f.strip()]
     if names:
         return generate_findings(kind, n, names, seed, size, start)
-    out = []
-    for i in range(start, start + n):
-        s = _SAMPLERS[kind](sample_rng(seed, kind, i), size)
-        s["id"] = f"{kind}_{i:05d}"
-        out.append(s)
-    return out
+    return [
+        {**_SAMPLERS[kind](sample_rng(seed, kind, i), size), "id": f"{kind}_{i:05d}"}
+        for i in range(start, start + n)
+    ]
 
 
 def generate_findings(
