@@ -176,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workdir",
         type=pathlib.Path,
-        default=None,
         help="directory for checkpoints, metrics and outputs",
     )
     add(parser)

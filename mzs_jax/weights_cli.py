@@ -69,7 +69,6 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         choices=clip_lib.MODEL_NAMES,
-        default=None,
         help="architecture (default: --config's model.name, else biomedclip)",
     )
     parser.add_argument("--overwrite", action="store_true",

@@ -8,7 +8,7 @@ import csv
 import json
 import pathlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -201,10 +201,7 @@ class CaptionSource(RecordSource):
                 self._read_image(r.image)
 
         records = self._check_items(records, check, lambda r: str(r.origin), skip_bad)
-        cleaned = [
-            CaptionRecord(r.id, r.image, clean_caption(r.caption), r.metadata, r.origin)
-            for r in records
-        ]
+        cleaned = [replace(r, caption=clean_caption(r.caption)) for r in records]
         kept = [r for r in cleaned if len(r.caption) >= MIN_CAPTION_CHARS]
         self.dropped_short = len(cleaned) - len(kept)
         kept.sort(key=lambda r: (r.id, str(r.image)))
