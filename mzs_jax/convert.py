@@ -147,7 +147,9 @@ def from_open_clip(state_dict: Mapping[str, object], config) -> clip_lib.CLIP:
         if key not in known:
             raise ValueError(f"unexpected key {key!r} in the open_clip state dict")
 
-    build = lambda: clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
+    def build():
+        return clip_lib.CLIP(cfg, rngs=nnx.Rngs(0))
+
     # Without a context encoder every parameter comes from the state dict: skip random init.
     model = build() if cfg.context.enabled else nnx.eval_shape(build)
     params = flax_params(model)
