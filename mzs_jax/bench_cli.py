@@ -68,7 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         nargs="*",
         choices=sorted(SCRIPTS),
-        default=None,
         help="run only these scripts (default: all)",
     )
     parser.add_argument(
@@ -79,7 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=pathlib.Path,
-        default=None,
         help="Markdown file to write (default: WORKDIR/bench.md or ./bench.md)",
     )
 

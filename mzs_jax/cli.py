@@ -39,15 +39,14 @@ class ConfigError(ValueError):
 def split_config_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Separate `--config FILE[:arg]` and `--config.key=value` from the other arguments."""
     config_args, rest = [], []
-    it = iter(range(len(argv)))
-    for i in it:
-        a = argv[i]
+    it = iter(argv)
+    for a in it:
         if a == "--config" or (a.startswith("--config.") and "=" not in a):
-            if i + 1 >= len(argv):
+            value = next(it, None)
+            if value is None:
                 raise ConfigError(f"{a} needs a value")
-            config_args.append(f"{a}={argv[i + 1]}")
-            next(it, None)
-        elif a.startswith("--config=") or a.startswith("--config."):
+            config_args.append(f"{a}={value}")
+        elif a.startswith(("--config=", "--config.")):
             config_args.append(a)
         else:
             rest.append(a)
@@ -174,13 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE.py[:arg]",
         help="ml_collections config file; override keys with --config.key=value",
     )
-    if not any(a.dest == "workdir" for a in parser._actions):
-        parser.add_argument(
-            "--workdir",
-            type=pathlib.Path,
-            default=None,
-            help="directory for checkpoints, metrics and outputs",
-        )
+    parser.add_argument(
+        "--workdir",
+        type=pathlib.Path,
+        help="directory for checkpoints, metrics and outputs",
+    )
     add(parser)
     try:
         config_args, rest = split_config_args(argv[1:])

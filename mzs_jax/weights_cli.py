@@ -69,7 +69,6 @@ def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         choices=clip_lib.MODEL_NAMES,
-        default=None,
         help="architecture (default: --config's model.name, else biomedclip)",
     )
     parser.add_argument("--overwrite", action="store_true",
@@ -91,9 +90,7 @@ def merge_config(base: ml_collections.ConfigDict, overrides) -> ml_collections.C
 
 def import_model_config(name: str | None, config) -> ml_collections.ConfigDict:
     """`clip.model_config(name)` with the overrides of `config.model` (or `config`) applied."""
-    overrides = None
-    if config is not None:
-        overrides = config.model if "model" in config else config
+    overrides = None if config is None else config.model if "model" in config else config
     name = name or (overrides.get("name") if overrides is not None else None) or "biomedclip"
     model_config = clip_lib.model_config(name)
     if overrides is not None:

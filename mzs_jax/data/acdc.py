@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mzs_jax.data.sources import RecordSource, bad, check_items, split_indices
+from mzs_jax.data.sources import RecordSource, bad, check_labels, split_indices
 from mzs_jax.data.volumes import (
     load_nifti,
     nifti_header,
@@ -63,16 +63,9 @@ def patient_volumes(folder: pathlib.Path) -> list[AcdcVolume]:
     info = read_info(folder / "Info.cfg")
     out = []
     for phase in ("ED", "ES"):
-        stem = folder / f"{folder.name}_frame{int(info[phase]):02d}"
-        out.append(
-            AcdcVolume(
-                folder.name,
-                phase,
-                pathlib.Path(f"{stem}.nii.gz"),
-                pathlib.Path(f"{stem}_gt.nii.gz"),
-                info.get("Group", ""),
-            )
-        )
+        stem = f"{folder.name}_frame{int(info[phase]):02d}"
+        image, label = folder / f"{stem}.nii.gz", folder / f"{stem}_gt.nii.gz"
+        out.append(AcdcVolume(folder.name, phase, image, label, info.get("Group", "")))
     return out
 
 
@@ -82,13 +75,8 @@ def load_pair(v: AcdcVolume) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]
     label, _, _ = load_nifti(v.label, dtype=np.float32)
     if image.shape != label.shape:
         raise bad(v.label, f"label shape {label.shape} != image shape {image.shape} ({v.image})")
-    if np.any(label != np.round(label)):
-        raise bad(v.label, "non-integer label values")
-    values = set(np.unique(label).astype(int).tolist())
-    unknown = values - set(ACDC_LABELS.values())
-    if unknown:
-        raise bad(v.label, f"labels {sorted(unknown)} outside the ACDC set {{0, 1, 2, 3}}")
-    return image, label.astype(np.int32), spacing
+    label = check_labels(v.label, label, ACDC_LABELS.values(), "ACDC set {0, 1, 2, 3}")
+    return image, label, spacing
 
 
 class AcdcSlices(RecordSource):
@@ -116,21 +104,11 @@ class AcdcSlices(RecordSource):
         self._cache_size = cache
         patients = find_patients(pathlib.Path(root))
         chosen = [patients[i] for i in split_indices(len(patients), val_fraction, seed, split)]
-        ok_patients = check_items(
-            chosen,
-            patient_volumes,
-            lambda p: str(p / "Info.cfg"),
-            skip_bad=skip_bad,
-            skipped=self.skipped,
-        )
+        info_of = lambda p: str(p / "Info.cfg")
+        ok_patients = self._check_items(chosen, patient_volumes, info_of, skip_bad)
         vols = [v for p in ok_patients for v in patient_volumes(p) if v.phase in phases]
-        self.volumes = check_items(
-            vols,
-            load_pair if skip_bad else self._check_headers,
-            lambda v: str(v.image),
-            skip_bad=skip_bad,
-            skipped=self.skipped,
-        )
+        check = load_pair if skip_bad else self._check_headers
+        self.volumes = self._check_items(vols, check, lambda v: str(v.image), skip_bad)
         self._records = [
             (k, z) for k, v in enumerate(self.volumes) for z in range(self.grid_shape(v)[2])
         ]

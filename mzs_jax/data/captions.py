@@ -8,15 +8,15 @@ import csv
 import json
 import pathlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from mzs_jax.data.sources import (
     RecordSource,
     bad,
-    check_items,
     read_png,
+    require_file,
     split_indices,
     to_unit_float,
 )
@@ -77,6 +77,15 @@ def _find_image(folder: pathlib.Path, name: str) -> pathlib.Path:
     return folder / f"{name}.jpg"
 
 
+def _record(
+    row: dict, rid: str, folder: pathlib.Path, name: str, origin: str, captions=("caption",)
+) -> CaptionRecord:
+    """The `CaptionRecord` of one index row: its image `name` under `folder`, its first
+    non-empty field of `captions` as the caption, and its metadata columns."""
+    caption = _first(row, captions) or ""
+    return CaptionRecord(rid, _find_image(folder, name), caption, _metadata(row), origin)
+
+
 def _rows_from_csv(path: pathlib.Path) -> list[tuple[int, dict]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -109,15 +118,7 @@ def read_roco_folder(folder: pathlib.Path) -> list[CaptionRecord]:
         for i, row in _rows_from_csv(csvs[0]):
             rid = _first(row, ("id", "image_id")) or f"row{i}"
             name = _first(row, ("name", "file_name", "filename", "image")) or rid
-            records.append(
-                CaptionRecord(
-                    rid,
-                    _find_image(images, name),
-                    _first(row, ("caption",)) or "",
-                    _metadata(row),
-                    f"{csvs[0]}:{i}",
-                )
-            )
+            records.append(_record(row, rid, images, name, f"{csvs[0]}:{i}"))
         return records
     txt = folder / "captions.txt"
     if not txt.is_file():
@@ -134,9 +135,7 @@ def read_roco_folder(folder: pathlib.Path) -> list[CaptionRecord]:
 def read_medpix_index(index: pathlib.Path) -> list[CaptionRecord]:
     """MedPix-style index: a JSON list, JSON lines or CSV of {image|filename, caption, ...};
     image paths are relative to the index file's folder (or its `images/`)."""
-    if not index.is_file():
-        raise FileNotFoundError(f"{index}: no such file")
-    text = _read_text(index)
+    text = _read_text(require_file(index))
     if index.suffix.lower() == ".csv":
         rows = _rows_from_csv(index)
     elif index.suffix.lower() == ".jsonl":
@@ -165,15 +164,8 @@ def read_medpix_index(index: pathlib.Path) -> list[CaptionRecord]:
             raise bad(index, f"entry {i} has no image/filename field")
         folder = index.parent if (index.parent / name).exists() else index.parent / "images"
         rid = _first(row, ("id", "uid")) or pathlib.Path(name).stem
-        records.append(
-            CaptionRecord(
-                rid,
-                _find_image(folder, name),
-                _first(row, ("caption", "text", "description")) or "",
-                _metadata(row),
-                f"{index}:{i}",
-            )
-        )
+        captions = ("caption", "text", "description")
+        records.append(_record(row, rid, folder, name, f"{index}:{i}", captions))
     return records
 
 
@@ -208,13 +200,8 @@ class CaptionSource(RecordSource):
             if verify_images if verify_images is not None else skip_bad:
                 self._read_image(r.image)
 
-        records = check_items(
-            records, check, lambda r: str(r.origin), skip_bad=skip_bad, skipped=self.skipped
-        )
-        cleaned = [
-            CaptionRecord(r.id, r.image, clean_caption(r.caption), r.metadata, r.origin)
-            for r in records
-        ]
+        records = self._check_items(records, check, lambda r: str(r.origin), skip_bad)
+        cleaned = [replace(r, caption=clean_caption(r.caption)) for r in records]
         kept = [r for r in cleaned if len(r.caption) >= MIN_CAPTION_CHARS]
         self.dropped_short = len(cleaned) - len(kept)
         kept.sort(key=lambda r: (r.id, str(r.image)))
@@ -234,10 +221,6 @@ class CaptionSource(RecordSource):
 
     def _path(self, r: CaptionRecord) -> str:
         return str(r.image)
-
-    @property
-    def captions(self) -> list[str]:
-        return [r.caption for r in self._records]
 
 
 def roco_folders(root: pathlib.Path, subsets: tuple[str, ...]) -> list[pathlib.Path]:

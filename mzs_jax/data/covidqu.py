@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mzs_jax.data.sources import RecordSource, bad, check_items, read_png, to_unit_float
+from mzs_jax.data.sources import RecordSource, bad, read_png, to_unit_float
 
 CLASSES = ("COVID-19", "Non-COVID", "Normal")
 SPLITS = ("Train", "Val", "Test")
@@ -88,13 +88,8 @@ class CovidQuEx(RecordSource):
             for img in sorted((folder / "images").glob("*.png")):
                 inf = folder / "infection masks" / img.name if task == "infection" else None
                 records.append(CovidRecord(img, folder / "lung masks" / img.name, inf, cls))
-        self._records = check_items(
-            records,
-            self._load if skip_bad else self._check_exists,
-            lambda r: str(r.image),
-            skip_bad=skip_bad,
-            skipped=self.skipped,
-        )
+        check = self._load if skip_bad else self._check_exists
+        self._records = self._check_items(records, check, lambda r: str(r.image), skip_bad)
 
     @staticmethod
     def _check_exists(r: CovidRecord) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from mzs_jax.data.sources import FILE_ERRORS, bad
+from mzs_jax.data.sources import FILE_ERRORS, bad, require_file
 
 # Wanted direction of increasing index along each patient axis (LPS): x to the patient's left,
 # y to posterior, z downwards on screen (head at the top for coronal/sagittal views).
@@ -30,9 +30,7 @@ class DicomVolume:
 
 def read_dicom(path: str | pathlib.Path) -> pydicom.Dataset:
     """Read one DICOM file (`.dcm` or gzipped `.dcm.gz`); errors name the file."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = require_file(path)
     try:
         raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
         return pydicom.dcmread(io.BytesIO(raw))

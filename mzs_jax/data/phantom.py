@@ -79,13 +79,8 @@ def chest_anatomy(
     )
     lung_r = blob(shp, (0.5 * S, 0.3 * S), (0.3 * S, 0.14 * S), rng, wobble=0.05)
     lung_l = blob(shp, (0.5 * S, 0.7 * S), (0.29 * S, 0.13 * S), rng, wobble=0.05)
-    ribs = 0.06 * (
-        np.sin(
-            2 * np.pi * (yy + 12 * ((xx - 0.5 * S) / S) ** 2 * S / 4) / (0.09 * S)
-            + rng.uniform(0, 6.3)
-        )
-        > 0.55
-    )
+    rib_phase = 2 * np.pi * (yy + 12 * ((xx - 0.5 * S) / S) ** 2 * S / 4) / (0.09 * S)
+    ribs = 0.06 * (np.sin(rib_phase + rng.uniform(0, 6.3)) > 0.55)
     for region, label in ((lung_r, 1), (lung_l, 2)):
         region &= ~heart & ~spine & body
         img[region] = 0.16 + 0.04 * tex[region] + ribs[region]
@@ -118,14 +113,9 @@ def xray_sample(rng: np.random.Generator, size: int = 64) -> dict:
         j = int(rng.integers(ys.size))
         r = {"nodule": (0.035, 0.05), "consolidation": (0.08, 0.13), "covid": (0.05, 0.09)}[finding]
         ry, rx = rng.uniform(*r, 2) * S
-        region = blob(
-            shp,
-            (ys[j], xs[j]),
-            (max(ry, 1.5), max(rx, 1.5)),
-            rng,
-            wobble=0.15,
-            angle=rng.uniform(0, np.pi),
-        ) & (lungs == lung_label)
+        radii, angle = (max(ry, 1.5), max(rx, 1.5)), rng.uniform(0, np.pi)
+        region = blob(shp, (ys[j], xs[j]), radii, rng, wobble=0.15, angle=angle)
+        region &= lungs == lung_label
         delta = {"nodule": 0.45, "consolidation": 0.33, "covid": 0.17}[finding]
         img[region] += delta + 0.05 * lesion_tex[region]
         lesion_all |= region
@@ -189,17 +179,8 @@ def cardiac_slice(p: dict, t: float, phase: str, rng: np.random.Generator) -> tu
     epi = blob(shp, (cy, cx), (r_ep, r_ep * 1.05), shape_rng, wobble=0.04)
     if t < 0.85:
         rv_r = (p["lv"] * 1.1 * p["rv"]) * taper * np.sqrt(squeeze if p["group"] != "RV" else 0.9)
-        rv = (
-            blob(
-                shp,
-                (cy - 0.2 * rv_r, cx - r_ep - 0.35 * rv_r),
-                (rv_r * 1.25, rv_r * 0.8),
-                shape_rng,
-                angle=0.3,
-                wobble=0.08,
-            )
-            & ~epi
-        )
+        centre = (cy - 0.2 * rv_r, cx - r_ep - 0.35 * rv_r)
+        rv = blob(shp, centre, (rv_r * 1.25, rv_r * 0.8), shape_rng, angle=0.3, wobble=0.08) & ~epi
         paint(img, rv, 0.8, tex, 0.03)
         mask[rv] = 1
     cavity = (
@@ -327,17 +308,12 @@ def ct_slice(p: dict, t: float, rng: np.random.Generator) -> tuple[np.ndarray, n
         paint(hu, region, value, tex, 8.0)
         mask[region] = SYNAPSE_LABELS[name]
         if name == "stomach":  # a gas pocket at the anterior (top) edge of the stomach
-            gas = region & (
-                ellipse_profile(
-                    shp, ((cy + dy - ry * 0.6) * S, (cx + dx) * S), (0.4 * ry * S, 0.6 * rx * S)
-                )
-                < 1
-            )
+            gas_centre = ((cy + dy - ry * 0.6) * S, (cx + dx) * S)
+            gas = region & (ellipse_profile(shp, gas_centre, (0.4 * ry * S, 0.6 * rx * S)) < 1)
             hu[gas] = -700.0
-    spine = ellipse_profile(shp, (0.73 * S, 0.5 * S), (0.06 * S, 0.055 * S)) < 1
-    hu[spine] = 450.0 + 150.0 * (
-        ellipse_profile(shp, (0.73 * S, 0.5 * S), (0.06 * S, 0.055 * S))[spine] > 0.75
-    )
+    spine_r = ellipse_profile(shp, (0.73 * S, 0.5 * S), (0.06 * S, 0.055 * S))
+    spine = spine_r < 1
+    hu[spine] = 450.0 + 150.0 * (spine_r[spine] > 0.75)  # cortical rim brighter
     mask[spine] = 0
     les = p["lesion"]
     if les is not None and abs(t - les["z"]) < les["r"] * 2.5:
@@ -430,12 +406,10 @@ def generate(
     names = [f.strip() for f in names if f.strip()]
     if names:
         return generate_findings(kind, n, names, seed, size, start)
-    out = []
-    for i in range(start, start + n):
-        s = _SAMPLERS[kind](sample_rng(seed, kind, i), size)
-        s["id"] = f"{kind}_{i:05d}"
-        out.append(s)
-    return out
+    return [
+        {**_SAMPLERS[kind](sample_rng(seed, kind, i), size), "id": f"{kind}_{i:05d}"}
+        for i in range(start, start + n)
+    ]
 
 
 def generate_findings(
@@ -479,8 +453,4 @@ def generate_mri(n: int, seed: int = 0, size: int = 64) -> list[dict]:
 
 def generate_captions(n: int, seed: int = 0, size: int = 64) -> list[dict]:
     """A mixed caption set: sample i is of kind KINDS[i % 3] (X-ray, MRI, CT in turn)."""
-    out = []
-    for i in range(n):
-        kind = KINDS[i % 3]
-        out.extend(generate(kind, 1, seed, size, start=i // 3))
-    return out
+    return [generate(KINDS[i % 3], 1, seed, size, start=i // 3)[0] for i in range(n)]

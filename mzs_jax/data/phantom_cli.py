@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument(
-        "--slices", type=int, default=None, help="slices per volume (mri default 8, ct default 12)"
+        "--slices", type=int, help="slices per volume (mri default 8, ct default 12)"
     )
 
 

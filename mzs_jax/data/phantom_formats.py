@@ -16,7 +16,6 @@ from mzs_jax.data import phantom
 
 METADATA_KEYS = ("modality", "body_region", "age", "sex", "history")
 ACDC_INTENSITY_SCALE = 1000.0  # phantom [0, 1] intensities are stored as int16 * 1000
-COVIDQU_CLASSES = ("COVID-19", "Non-COVID", "Normal")
 _COVID_PREFIX = {"COVID-19": "covid", "Non-COVID": "non_COVID", "Normal": "Normal"}
 
 Tick = Callable[[int], None] | None
@@ -115,35 +114,27 @@ def write_synapse(
     for sub in ("train_npz", "test_vol_h5", "lists/lists_Synapse"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     n_train, _ = synapse_split_counts(n_cases)
-    train_names, test_names, made = [], [], []
+    lists, made = {"train": [], "test_vol": []}, []  # list file -> its lines
     for i in range(n_cases):
         vol = phantom.ct_volume(seed, i, size, n_slices)
-        case = f"case{i + 1:04d}"
+        case, split = f"case{i + 1:04d}", "train" if i < n_train else "test"
         image = phantom.ct_window(vol["hu"])
         label = np.where(vol["mask"] == phantom.CT_LESION_LABEL, 5, vol["mask"]).astype(np.uint8)
-        if i < n_train:
+        if split == "train":
             for z in range(image.shape[0]):
                 name = f"{case}_slice{z:03d}"
                 np.savez(out / "train_npz" / f"{name}.npz", image=image[z], label=label[z])
-                train_names.append(name)
+                lists["train"].append(name)
         else:
             with h5py.File(out / "test_vol_h5" / f"{case}.npy.h5", "w") as f:
                 f.create_dataset("image", data=image)
                 f.create_dataset("label", data=label)
-            test_names.append(case)
-        made.append(
-            {
-                "case": case,
-                "image": image,
-                "label": label,
-                "spacing": vol["spacing"],
-                "split": "train" if i < n_train else "test",
-            }
-        )
+            lists["test_vol"].append(case)
+        made.append(dict(case=case, image=image, label=label, spacing=vol["spacing"], split=split))
         if tick:
             tick(1)
-    (out / "lists/lists_Synapse/train.txt").write_text("".join(f"{n}\n" for n in train_names))
-    (out / "lists/lists_Synapse/test_vol.txt").write_text("".join(f"{n}\n" for n in test_names))
+    for lst, lines in lists.items():
+        (out / f"lists/lists_Synapse/{lst}.txt").write_text("".join(f"{n}\n" for n in lines))
     return made
 
 

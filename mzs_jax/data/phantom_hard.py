@@ -18,6 +18,7 @@ from scipy import ndimage
 from mzs_jax.data import phantom_text as text
 from mzs_jax.data.phantom import XRAY_LABELS, chest_anatomy
 from mzs_jax.data.phantom_shapes import acquire, blob, smooth_texture
+from mzs_jax.data.sources import split_indices
 
 # attribute -> its two values, in caption words
 ATTRIBUTES = {
@@ -158,8 +159,6 @@ def split(n: int, seed: int, val_fraction: float, which: str) -> list[dict]:
 
 @functools.lru_cache(maxsize=4)
 def _split(n: int, seed: int, val_fraction: float, which: str) -> tuple[dict, ...]:
-    from mzs_jax.data.sources import split_indices
-
     blocks = set(split_indices(block_of(n - 1) + 1, val_fraction, seed, which).tolist())
     return tuple(generate_hard(n, seed=seed, blocks=blocks))
 

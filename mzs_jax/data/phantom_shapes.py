@@ -38,11 +38,8 @@ def blob(
     if wobble > 0:
         theta = np.arctan2(v, u)
         for k in range(2, 2 + harmonics):
-            boundary += (
-                rng.uniform(-wobble, wobble)
-                / (k - 1)
-                * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-            )
+            amp, phase = rng.uniform(-wobble, wobble), rng.uniform(0, 2 * np.pi)
+            boundary += amp / (k - 1) * np.cos(k * theta + phase)
     return r < boundary
 
 

@@ -112,11 +112,8 @@ def ct_caption(
     """Caption for an abdominal CT phantom showing `organs` and optionally a liver lesion."""
     mod = _pick(rng, CT_MODALITY)
     if lesion_size is not None:
-        where = (
-            f" in the {lesion_lobe} lobe of the liver"
-            if rng.random() < POSITION_PROB
-            else " in the liver"
-        )
+        named = rng.random() < POSITION_PROB
+        where = f" in the {lesion_lobe} lobe of the liver" if named else " in the liver"
         return f"{mod} showing a {lesion_size} hypodense lesion{where}."
     shown = [o for o in organs if o != "aorta"][:3] or ["aorta"]
     listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " and " + shown[-1]

@@ -15,7 +15,7 @@ import numpy as np
 
 from mzs_jax.data.captions import MIN_CAPTION_CHARS, clean_caption
 from mzs_jax.data.dicom import read_dicom_image, read_dicom_series
-from mzs_jax.data.sources import RecordSource, read_png
+from mzs_jax.data.sources import RecordSource, read_png, require_file
 from mzs_jax.data.volumes import load_nifti
 
 CT3_STRUCTURES = {"liver": (1,), "spine": (2,), "heart": (3,)}
@@ -52,9 +52,7 @@ def iu_xray_reports(tgz: str | pathlib.Path | None = None) -> list[dict]:
     """Parse `NLMCXR_reports.tgz` in memory (nothing derived is written): one dict per report
     with `id`, `findings`, `impression`, `tags`, `images` and `caption` = cleaned
     FINDINGS + IMPRESSION with the 'XXXX' placeholders removed ('' if shorter than 20 chars)."""
-    tgz = pathlib.Path(tgz) if tgz else shared_data_dir() / "iu_xray_reports" / "NLMCXR_reports.tgz"
-    if not tgz.is_file():
-        raise FileNotFoundError(f"{tgz}: no such file")
+    tgz = require_file(tgz or shared_data_dir() / "iu_xray_reports" / "NLMCXR_reports.tgz")
     reports = []
     with tarfile.open(tgz, "r:gz") as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
@@ -123,15 +121,10 @@ def dicom_samples(root: str | pathlib.Path | None = None) -> dict[str, np.ndarra
     `ct3_series` (the 3-slice CT series as `(Z, H, W)` HU)."""
     base = shared_data_dir(root)
     d = base / "dicom_samples_pydicom_data"
-    cr, _ = read_dicom_image(d / "RG1_UNCR.dcm.gz")
-    ct, _ = read_dicom_image(d / "explicit_VR-UN.dcm")
-    mr, _ = read_dicom_image(d / "MR-SIEMENS-DICOM-WithOverlays.dcm")
-    lesion = read_png(d / "mr_abdomen_lesion_mask.png") > 0
-    series = read_dicom_series(base / "ct_abdomen_3slice_dcmqi" / "source")
     return {
-        "chest_cr": cr,
-        "pancreas_ct": ct,
-        "mr_liver": mr,
-        "mr_lesion_mask": lesion,
-        "ct3_series": series.array,
+        "chest_cr": read_dicom_image(d / "RG1_UNCR.dcm.gz")[0],
+        "pancreas_ct": read_dicom_image(d / "explicit_VR-UN.dcm")[0],
+        "mr_liver": read_dicom_image(d / "MR-SIEMENS-DICOM-WithOverlays.dcm")[0],
+        "mr_lesion_mask": read_png(d / "mr_abdomen_lesion_mask.png") > 0,
+        "ct3_series": read_dicom_series(base / "ct_abdomen_3slice_dcmqi" / "source").array,
     }

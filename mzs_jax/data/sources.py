@@ -27,29 +27,23 @@ def bad(path: str | pathlib.Path, why: str) -> BadFileError:
     return BadFileError(f"{path}: {why}")
 
 
-def check_items(
-    items: Iterable[T],
-    check: Callable[[T], Any],
-    path_of: Callable[[T], str],
-    *,
-    skip_bad: bool,
-    skipped: list[tuple[str, str]],
-) -> list[T]:
-    """Run `check(item)` on each item. A failing item raises (default) or, with `skip_bad`, is
-    appended to `skipped` as `(path, reason)` and left out of the returned list."""
-    good = []
-    for item in items:
-        try:
-            check(item)
-        except FILE_ERRORS as e:
-            if not skip_bad:
-                if isinstance(e, BadFileError | FileNotFoundError):
-                    raise
-                raise bad(path_of(item), f"{type(e).__name__}: {e}") from e
-            skipped.append((path_of(item), str(e)))
-            continue
-        good.append(item)
-    return good
+def require_file(path: str | pathlib.Path) -> pathlib.Path:
+    """`path` as a `Path`; FileNotFoundError naming it when it is not a file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return path
+
+
+def check_labels(path: str | pathlib.Path, label: np.ndarray, allowed, name: str) -> np.ndarray:
+    """`label` as int32, after checking that its values are integers in `allowed`; `name` is
+    the label set named in the error."""
+    if np.any(label != np.round(label)):
+        raise bad(path, "non-integer label values")
+    unknown = set(np.unique(label).astype(int).tolist()) - set(allowed)
+    if unknown:
+        raise bad(path, f"labels {sorted(unknown)} outside the {name}")
+    return label.astype(np.int32)
 
 
 class RecordSource:
@@ -66,6 +60,25 @@ class RecordSource:
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def _check_items(
+        self, items: Iterable[T], check: Callable[[T], Any], path_of: Callable[[T], str], skip_bad
+    ) -> list[T]:
+        """Run `check(item)` on each item. A failing item raises (default) or, with `skip_bad`,
+        is appended to `self.skipped` as `(path, reason)` and left out of the returned list."""
+        good = []
+        for item in items:
+            try:
+                check(item)
+            except FILE_ERRORS as e:
+                if not skip_bad:
+                    if isinstance(e, BadFileError | FileNotFoundError):
+                        raise
+                    raise bad(path_of(item), f"{type(e).__name__}: {e}") from e
+                self.skipped.append((path_of(item), str(e)))
+                continue
+            good.append(item)
+        return good
 
     def __getitem__(self, index: int) -> dict:
         record = self._records[index]
@@ -105,9 +118,7 @@ def shard_for_process(source: Any):
 
 def read_png(path: str | pathlib.Path) -> np.ndarray:
     """Decode an image file to a NumPy array (uint8/uint16; `(H, W)` or `(H, W, C)`)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = require_file(path)
     try:
         with Image.open(path) as im:
             im.load()

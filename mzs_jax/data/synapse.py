@@ -10,7 +10,7 @@ import re
 import h5py
 import numpy as np
 
-from mzs_jax.data.sources import RecordSource, bad, check_items
+from mzs_jax.data.sources import RecordSource, bad, check_labels, require_file
 
 # The 8 organs of the TransUNet Synapse protocol and their label ids.
 SYNAPSE_LABELS = {
@@ -27,37 +27,25 @@ OFFICIAL_SPLIT = (18, 12)  # train / test cases
 _SLICE = re.compile(r"^(case\d+)_slice(\d+)$")
 
 
-def _check_pair(path: pathlib.Path, image: np.ndarray, label: np.ndarray) -> np.ndarray:
+def _read_pair(path: pathlib.Path, open_file, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(image float32, label int32)` from the `image` and `label` entries of an npz/h5 file."""
+    with open_file(require_file(path)) as data:
+        if "image" not in data or "label" not in data:
+            raise bad(path, f"expected {what} 'image' and 'label', found {sorted(data.keys())}")
+        image, label = np.asarray(data["image"], np.float32), np.asarray(data["label"])
     if image.shape != label.shape:
         raise bad(path, f"image shape {image.shape} != label shape {label.shape}")
-    if np.any(label != np.round(label)):
-        raise bad(path, "non-integer label values")
-    unknown = set(np.unique(label).astype(int).tolist()) - {0, *SYNAPSE_LABELS.values()}
-    if unknown:
-        raise bad(path, f"labels {sorted(unknown)} outside the Synapse set 0..8")
-    return label.astype(np.int32)
+    return image, check_labels(path, label, {0, *SYNAPSE_LABELS.values()}, "Synapse set 0..8")
 
 
 def load_npz_slice(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     """`(image (H, W) float32, label (H, W) int32)` from a TransUNet training slice."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with np.load(path, allow_pickle=False) as data:
-        if "image" not in data or "label" not in data:
-            raise bad(path, f"expected arrays 'image' and 'label', found {sorted(data.files)}")
-        image, label = np.asarray(data["image"], np.float32), np.asarray(data["label"])
-    return image, _check_pair(path, image, label)
+    return _read_pair(path, lambda p: np.load(p, allow_pickle=False), "arrays")
 
 
 def load_h5_volume(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     """`(image (Z, H, W) float32, label (Z, H, W) int32)` from a TransUNet test volume."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with h5py.File(path, "r") as f:
-        if "image" not in f or "label" not in f:
-            raise bad(path, f"expected datasets 'image' and 'label', found {sorted(f.keys())}")
-        image, label = np.asarray(f["image"], np.float32), np.asarray(f["label"])
-    return image, _check_pair(path, image, label)
+    return _read_pair(path, lambda p: h5py.File(p, "r"), "datasets")
 
 
 def _h5_depth(path: pathlib.Path) -> int:
@@ -97,16 +85,11 @@ class SynapseSlices(RecordSource):
         self.split = split
         if split == "train":
             check = load_npz_slice if skip_bad else _check_slice_name
-            self.files = check_items(train, check, str, skip_bad=skip_bad, skipped=self.skipped)
+            self.files = self._check_items(train, check, str, skip_bad)
             self._records = [(k, 0) for k in range(len(self.files))]
         else:
-            self.files = check_items(
-                test,
-                load_h5_volume if skip_bad else _h5_depth,
-                str,
-                skip_bad=skip_bad,
-                skipped=self.skipped,
-            )
+            check = load_h5_volume if skip_bad else _h5_depth
+            self.files = self._check_items(test, check, str, skip_bad)
             self._records = [(k, z) for k, p in enumerate(self.files) for z in range(_h5_depth(p))]
         self._volume_cache: tuple[int, tuple] | None = None
 

@@ -64,21 +64,19 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike, context_length: int) -> To
     For the BiomedCLIP hub id the PubMedBERT tokenizer repos it points at are tried as well.
     Raises FileNotFoundError naming everything tried when no vocabulary is available offline.
     """
-    from transformers import BertTokenizerFast
-
     source = str(path_or_hub_id)
     local = pathlib.Path(source).expanduser()
     if local.is_dir():
         if not any((local / f).is_file() for f in VOCAB_FILES):
             raise ValueError(f"{local}: no {' or '.join(VOCAB_FILES)} in this tokenizer directory")
-        return Tokenizer(_from_dir(BertTokenizerFast, local), context_length, str(local))
+        return Tokenizer(_from_dir(local), context_length, str(local))
     if local.exists() or source.startswith((".", "/", "~")):
         raise FileNotFoundError(f"tokenizer directory not found: {local}")
     candidates = [source] + (list(BIOMEDCLIP_TOKENIZER_IDS) if source == BIOMEDCLIP_HUB_ID else [])
     for repo in candidates:
         snapshot = _cached_snapshot(repo)
         if snapshot is not None:
-            return Tokenizer(_from_dir(BertTokenizerFast, snapshot), context_length, repo)
+            return Tokenizer(_from_dir(snapshot), context_length, repo)
     raise FileNotFoundError(
         f"no tokenizer vocabulary available offline for {source!r}: no local directory "
         f"{str(local)!r}, and no {' or '.join(VOCAB_FILES)} in the HF cache for "
@@ -106,9 +104,11 @@ def _cached_snapshot(repo: str) -> pathlib.Path | None:
     return None
 
 
-def _from_dir(cls, directory: pathlib.Path):
+def _from_dir(directory: pathlib.Path):
+    from transformers import BertTokenizerFast
+
     try:
-        return cls.from_pretrained(str(directory), local_files_only=True)
+        return BertTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
         raise ValueError(f"{directory}: not a readable BERT tokenizer ({e})") from e
 

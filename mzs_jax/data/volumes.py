@@ -11,14 +11,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from mzs_jax.data.sources import FILE_ERRORS, bad
+from mzs_jax.data.sources import FILE_ERRORS, bad, require_file
 
 
 def nifti_header(path: str | pathlib.Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """(shape, voxel spacing in mm) from the header only (cheap; the data is not read)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = require_file(path)
     try:
         img = nib.load(str(path))
         return tuple(int(s) for s in img.shape), tuple(float(z) for z in img.header.get_zooms())
@@ -28,9 +26,7 @@ def nifti_header(path: str | pathlib.Path) -> tuple[tuple[int, ...], tuple[float
 
 def load_nifti(path: str | pathlib.Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray, tuple]:
     """`(array, affine (4, 4), spacing)`; a missing/truncated/corrupt file raises naming it."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = require_file(path)
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=dtype)
