@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -201,13 +202,16 @@ def offdiag_moments(s: Array) -> tuple[Array, Array]:
 
 def effective_betas(s: Array, spec: LossSpec) -> tuple[Array, Array]:
     """(β_i2t, β_t2i) the dense loss uses on the (B, B) similarity matrix s."""
+    return spec_betas(spec, s.dtype, lambda: offdiag_moments(s))
+
+
+def spec_betas(spec: LossSpec, dtype, moments: Callable[[], tuple[Array, Array]]):
+    """(β_i2t, β_t2i): the spec's, or with CEHNC's adaptive rule `adaptive_beta` of `moments()`
+    (mean, std of the anchor–negative similarities; computed only then)."""
     if not spec.adaptive_distance:
-        return jnp.asarray(spec.beta_i2t, s.dtype), jnp.asarray(spec.beta_t2i, s.dtype)
-    mean_s, std_s = offdiag_moments(s)
-    return (
-        adaptive_beta(spec.beta_i2t, mean_s, std_s, spec),
-        adaptive_beta(spec.beta_t2i, mean_s, std_s, spec),
-    )
+        return jnp.asarray(spec.beta_i2t, dtype), jnp.asarray(spec.beta_t2i, dtype)
+    mean_s, std_s = moments()
+    return tuple(adaptive_beta(b, mean_s, std_s, spec) for b in (spec.beta_i2t, spec.beta_t2i))
 
 
 # --------------------------------------------------------------------------- dense form

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from mzs_jax.losses import gather, ring
 from mzs_jax.losses import streaming as st
 from mzs_jax.losses.config import with_bias_check
-from mzs_jax.losses.contrastive import LossSpec, acc_dtype, adaptive_beta, centred_moments
+from mzs_jax.losses.contrastive import LossSpec, acc_dtype, centred_moments, spec_betas
 from mzs_jax.losses.registry import make_spec
 
 Array = jax.Array
@@ -63,21 +63,10 @@ def _moments(img, txt, src, ctx: _Ctx):
     return centred_moments(n, m0, e1, e2)
 
 
-def _betas(img, txt, src, ctx: _Ctx):
-    spec, dt = ctx.spec, acc_dtype(img)
-    if not spec.adaptive_distance:
-        return jnp.asarray(spec.beta_i2t, dt), jnp.asarray(spec.beta_t2i, dt)
-    mean_s, std_s = _moments(img, txt, src, ctx)
-    return (
-        adaptive_beta(spec.beta_i2t, mean_s, std_s, spec),
-        adaptive_beta(spec.beta_t2i, mean_s, std_s, spec),
-    )
-
-
 def _softmax_fwd(img, txt, tau, ctx: _Ctx):
     spec, plan = ctx.spec, ctx.plan
     src = ctx.ops.prepare(txt, plan)
-    b1, b2 = _betas(img, txt, src, ctx)
+    b1, b2 = spec_betas(spec, acc_dtype(img), lambda: _moments(img, txt, src, ctx))
     rows, cols, _ = ctx.ops.forward(img, src, st.softmax_kernel(spec, tau, b1, b2), plan)
     z_pos = _positives(img, txt, tau)
     total, residuals, dz_pos = 0.0, [], 0.0

@@ -165,13 +165,11 @@ class Block(nnx.Module):
         tapped = None
         h = self.norm1(x)
         if tap == "norm1":
-            h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
-            tapped = h
+            h = tapped = h if tap_delta is None else h + tap_delta.astype(h.dtype)
         x = x[:, :queries] + self.attn(h, queries)
         h = self.norm2(x)
         if tap == "norm2":
-            h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
-            tapped = h
+            h = tapped = h if tap_delta is None else h + tap_delta.astype(h.dtype)
         x = x + self.mlp(h)
         return x, tapped
 

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from . import integrity
+from .distributed import barrier
 
 # kind -> "module:callable"; the callable is `Cls(model_config, *, rngs)`.
 MODEL_BUILDERS: dict[str, str] = {
@@ -253,20 +254,13 @@ def _restore_verified(manager, step, targets, extra_args, where, log):
     return restored
 
 
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def reject_step(manager: ocp.CheckpointManager, step: int, why: str, log) -> None:
     """Move a step that failed verification into `W/ckpt_rejected/` (never deleted), log it."""
     step_dir = pathlib.Path(manager.directory) / str(step)
     target = integrity.REJECTED_DIR
     if jax.process_index() == 0 and step_dir.exists():
         target = integrity.move_aside(step_dir)
-    _barrier(f"reject-{step}")
+    barrier(f"reject-{step}")
     manager.reload()
     log(f"checkpoint {step_dir} is unreadable or corrupt ({why}); moved it to {target} "
         "(kept, not deleted); trying the previous step")  # fmt: skip

@@ -19,6 +19,7 @@ from flax import nnx
 
 from mzs_jax.data.transforms import ToClipInput
 from mzs_jax.train import clip_context, text_buckets
+from mzs_jax.train.distributed import barrier
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -101,7 +102,7 @@ def resolve_tokenizer(
         if local is not None and not local.is_dir():
             if jax.process_index() == 0:
                 tok.hf.save_pretrained(str(local))
-            _barrier("tokenizer")
+            barrier("tokenizer")
             print(f"saved the tokenizer {spec} with the model: {local}")
         return tok
     if local is not None and local.is_dir():
@@ -109,17 +110,10 @@ def resolve_tokenizer(
     if texts is not None and local is not None:
         if jax.process_index() == 0:
             tk.build_wordpiece_tokenizer(texts, local)
-        _barrier("tokenizer")
+        barrier("tokenizer")
         print(f"built a WordPiece tokenizer from the training captions: {local}")
         return tk.load_tokenizer(local, context_length)
     return tk.load_tokenizer(BIOMEDCLIP_HUB_ID, context_length)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 class ToClipExample(grain.transforms.Map):

@@ -65,12 +65,6 @@ def check_compute_dtype(lowered, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _labels(params, regexes, yes: str, no: str):
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, _: yes if any(re.search(r, path_str(kp)) for r in regexes) else no, params
-    )
-
-
 def make_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """Step decay: `lr * decay_factor ** floor(step / (decay_every_epochs * steps_per_epoch))`,
     after an optional linear warm-up."""
@@ -110,7 +104,10 @@ def make_optimizer(
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     freeze = tuple(config.freeze)
     if freeze:
-        labels = _labels(params, freeze, "frozen", "train")
+        labels = jax.tree_util.tree_map_with_path(
+            lambda kp, _: "frozen" if any(re.search(r, path_str(kp)) for r in freeze) else "train",
+            params,
+        )
         if all(v == "frozen" for v in jax.tree.leaves(labels)):
             raise ValueError(f"config.freeze {freeze} freezes every parameter")
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
