@@ -215,7 +215,8 @@ def spec_betas(spec: LossSpec, dtype, moments: Callable[[], tuple[Array, Array]]
 
 
 # --------------------------------------------------------------------------- dense form
-def _check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
+def check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
+    """Both `(B, D)` of the same shape, and a batch the loss is defined for."""
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(
             f"{spec.name}: img and txt must both be (B, D), got {img.shape}, {txt.shape}"
@@ -225,7 +226,7 @@ def _check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
 
 def dense_loss(img: Array, txt: Array, temperature: Array | float, spec: LossSpec) -> Array:
     """The loss of one (B, D) batch with the full (B, B) similarity matrix in memory."""
-    _check_pairs(img, txt, spec)
+    check_pairs(img, txt, spec)
     b = img.shape[0]
     s = similarity(img, txt)
     tau = jnp.asarray(temperature).astype(s.dtype)
@@ -305,7 +306,7 @@ def siglip(img: Array, txt: Array, temperature: Array | float, bias: Array | flo
     y = +1 on the diagonal (the B positives), -1 elsewhere; τ and b are learned (init 0.1, -10).
     """
     spec = siglip_spec()
-    _check_pairs(img, txt, spec)
+    check_pairs(img, txt, spec)
     s = similarity(img, txt)
     logits = s / jnp.asarray(temperature).astype(s.dtype) + jnp.asarray(bias).astype(s.dtype)
     labels = 2.0 * jnp.eye(s.shape[0], dtype=s.dtype) - 1.0

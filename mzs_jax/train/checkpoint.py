@@ -113,12 +113,12 @@ def unflatten(template, flat: dict[str, Any]):
     return jax.tree_util.tree_map_with_path(leaf, template)
 
 
-def abstract_of(tree):
-    """ShapeDtypeStructs (with the same shardings) for Orbax restore targets."""
+def abstract_of(tree, sharding: jax.sharding.Sharding | None = None):
+    """Orbax restore targets: `flatten(tree)` as ShapeDtypeStructs, on `sharding` or the leaves'."""
 
     def one(x):
-        sharding = getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        place = getattr(x, "sharding", None) if sharding is None else sharding
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=place)
 
     return jax.tree.map(one, flatten(tree))
 
@@ -325,11 +325,6 @@ def save_model(
     return pathlib.Path(workdir) / CKPT_DIR / str(step)
 
 
-def abstract_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
-    """The model with `ShapeDtypeStruct` leaves: shapes without allocating parameters."""
-    return nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(seed)))
-
-
 def restore_model(
     workdir: str | pathlib.Path,
     step: int | None = None,
@@ -351,12 +346,11 @@ def restore_model(
             f"{workdir} holds a {model_kind(model_config)} model "
             f"({model_config.get('name', '?')!r}), not a {kind}"
         )
-    model = abstract_model(model_config)
+    # ShapeDtypeStruct leaves: the shapes without allocating parameters.
+    model = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(model)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), flatten(abstract_state)
-    )
+    target = abstract_of(abstract_state, sharding)
     ckpt_dir = pathlib.Path(workdir) / CKPT_DIR
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")

@@ -206,8 +206,7 @@ def clip_objective(
 
 
 def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.Array, dict]:
-    """The stage 1 objective: `loss(img, txt, τ[, bias])` on the two L2-normalised `(B, E)`
-    embeddings; the model's `logit_bias` (SigLIP, `model.logit_bias_init`) is passed if it has one.
+    """The stage 1 objective: `clip_objective` on the two L2-normalised `(B, E)` embeddings.
 
     `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
     open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
@@ -310,7 +309,8 @@ class ClipTask:
                     f"{math.exp(-imported_scale):.4g})"
                 )
         if jax.process_index() == 0:
-            print(f"[train-clip] starting temperature τ = {self.starting_temperature(model):.4g}")
+            tau = math.exp(-float(model.logit_scale[...]))
+            print(f"[train-clip] starting temperature τ = {tau:.4g}")
 
     @property
     def compiler_options(self) -> dict[str, str]:
@@ -318,10 +318,6 @@ class ClipTask:
         from mzs_jax.models import clip
 
         return clip.compiler_options(self.model_config)
-
-    @staticmethod
-    def starting_temperature(model) -> float:
-        return math.exp(-float(model.logit_scale[...]))
 
     def prepare_batch(self, batch: dict) -> dict:
         """Host-side, before the global arrays: the text cut to its `config.data.text_buckets`

@@ -77,10 +77,6 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def _num_steps(config, spe: int) -> int:
-    return int(config.total_steps) if config.total_steps > 0 else int(config.num_epochs) * spe
-
-
 def init_state(task: Task, config: ml_collections.ConfigDict, mesh, spe: int):
     """Parameters and optimizer state created directly with their shardings (no host copy)."""
     rules = getattr(task, "sharding_rules", None) or tuple(tuple(r) for r in config.sharding_rules)
@@ -262,7 +258,7 @@ def fit(
         bind(mesh)
     ds = task.train_dataset(config)
     spe = steps_per_epoch(len(ds), int(config.batch_size))
-    total = _num_steps(config, spe)
+    total = int(config.total_steps) if config.total_steps > 0 else int(config.num_epochs) * spe
     iterator = train_iterator(ds, config, math.ceil(total / spe))
     graphdef, tx, state = init_state(task, config, mesh, spe)
     manager = _make_manager(workdir, config.checkpoint)

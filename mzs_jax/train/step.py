@@ -147,10 +147,6 @@ def _tree_add(a, b):
     return jax.tree.map(lambda x, y: x + y.astype(x.dtype), a, b)
 
 
-def _f32_zeros(params):
-    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-
-
 ACCUMULATION = ("exact", "independent")
 
 
@@ -221,8 +217,9 @@ def _independent(grad_fn: Callable, k: int, scan: Callable) -> Callable:
             (loss, (metrics, rest)), g = grad_fn(params, rest, mb, jax.random.fold_in(rng, j))
             return (_tree_add(grads_acc, g), rest), (loss, metrics)
 
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         (grads, rest), (losses, metrics) = scan(
-            body, (_f32_zeros(params), rest), (_micro_batches(batch, k), jnp.arange(k))
+            body, (zeros, rest), (_micro_batches(batch, k), jnp.arange(k))
         )
         grads = jax.tree.map(lambda g: g / k, grads)
         return jnp.mean(losses), jax.tree.map(jnp.mean, metrics), rest, grads
