@@ -27,11 +27,7 @@ FORMS = {"gather": gather, "ring": ring}
 class _Ctx:
     spec: LossSpec
     plan: st.Plan
-    form: str
-
-    @property
-    def ops(self):
-        return FORMS[self.form]
+    ops: object  # the form's module, `gather` or `ring` (a value of FORMS)
 
 
 def _positives(img, txt, tau):
@@ -215,7 +211,7 @@ def make_global_loss(
 
     @jax.jit
     def inner(img, txt, temperature, bias):
-        ctx = _Ctx(spec, _plan(spec, img, txt, axes, n_dev, block_size), form)
+        ctx = _Ctx(spec, _plan(spec, img, txt, axes, n_dev, block_size), FORMS[form])
         dt = acc_dtype(img)
         tau, b = jnp.asarray(temperature).astype(dt), jnp.asarray(bias).astype(dt)
         body = functools.partial(_local_loss, ctx=ctx)
@@ -234,7 +230,7 @@ def make_global_moments(
 
     @jax.jit
     def inner(img, txt):
-        ctx = _Ctx(spec, _plan(spec, img, txt, axes, n_dev, block_size), form)
+        ctx = _Ctx(spec, _plan(spec, img, txt, axes, n_dev, block_size), FORMS[form])
         body = lambda img, txt: _moments(img, txt, ctx.ops.prepare(txt, ctx.plan), ctx)
         return _on_mesh(mesh, axes, body, (P(), P()), img, txt)
 

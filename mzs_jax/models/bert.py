@@ -20,14 +20,11 @@ class BertEmbeddings(nnx.Module):
     def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.normal(0.02)
+        embed = lambda n: nnx.Embed(n, cfg.width, embedding_init=init, **kw)
         self.max_positions = cfg.max_positions
-        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.width, embedding_init=init, **kw)
-        self.position_embeddings = nnx.Embed(
-            cfg.max_positions, cfg.width, embedding_init=init, **kw
-        )
-        self.token_type_embeddings = nnx.Embed(
-            cfg.type_vocab_size, cfg.width, embedding_init=init, **kw
-        )
+        self.word_embeddings = embed(cfg.vocab_size)
+        self.position_embeddings = embed(cfg.max_positions)
+        self.token_type_embeddings = embed(cfg.type_vocab_size)
         self.LayerNorm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:

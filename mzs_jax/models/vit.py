@@ -205,9 +205,7 @@ class VisionTransformer(nnx.Module):
         self.pos_embed = nnx.Param(
             init(rngs.params(), (1, 1 + num_patches, cfg.width), param_dtype)
         )
-        self.blocks = nnx.List(
-            [Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.layers)]
-        )
+        self.blocks = nnx.List([Block(cfg, **kw) for _ in range(cfg.layers)])
         self.norm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
         self.head_proj = linear(cfg.width, embed_dim, use_bias=False, **kw)
 

@@ -321,7 +321,10 @@ class _Loop:
                 if step < self.total:
                     batch = to_global(prepare(next(iterator)), sharding)
             progress.close(loss=last.get("loss", float("nan")))
-            self._wait_for_saves(self.total)
+            try:
+                self.manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 - any write failure, reported with the path
+                raise self._write_error(self.total, e) from e
         finally:
             failing = sys.exc_info()[0] is not None
             closers = [self.manager.wait_until_finished] if failing else []
@@ -350,12 +353,6 @@ class _Loop:
             )
             self.executables[key] = compiled
         return self.executables[key]
-
-    def _wait_for_saves(self, step: int) -> None:
-        try:
-            self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001 - any write failure, reported with the path
-            raise self._write_error(step, e) from e
 
     def _write_error(self, step: int, e: BaseException) -> CheckpointWriteError:
         try:
