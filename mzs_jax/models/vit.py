@@ -62,11 +62,9 @@ def dot_product_attention(
     """
     dtype = dtype or q.dtype
     scale = q.shape[-1] ** -0.5
-    f32 = jnp.float32
-    logits = mixed_einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype))
-    logits = logits * scale
+    logits = mixed_einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype)) * scale
     if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(f32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     return mixed_einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype))
 

@@ -292,13 +292,9 @@ def restore_latest_good(
         except CheckpointMismatchError:
             raise
         except Exception as e:  # noqa: BLE001 - any read/verify failure: this step is unusable
-            reject_step(manager, step, f"{type(e).__name__}: {_first_line(e)}", log)
+            first_line = (str(e).splitlines() or [""])[0][:300]
+            reject_step(manager, step, f"{type(e).__name__}: {first_line}", log)
     return None, None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).splitlines()
-    return lines[0][:300] if lines else ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,25 +112,24 @@ def init_state(task: Task, config: ml_collections.ConfigDict, mesh, spe: int):
     return graphdef, tx, state
 
 
+_TRAIN_KEYS = ("opt", "step", "rng")  # the state saved as the checkpoint item `train`
+
+
+def _items(state, leaves=ckpt.flatten) -> dict[str, dict]:
+    """`state` as the flat checkpoint items `model` (params and rest) and `train`."""
+    model = {**leaves(state["params"]), **leaves(state["rest"])}
+    return {"model": model, "train": leaves({k: state[k] for k in _TRAIN_KEYS})}
+
+
 def _save_args(state, iterator, where: str):
-    model = {**ckpt.flatten(state["params"]), **ckpt.flatten(state["rest"])}
-    train = ckpt.flatten({"opt": state["opt"], "step": state["step"], "rng": state["rng"]})
-    return ckpt.checksummed_save_args(
-        {"model": model, "train": train},
-        where=where,
-        data=grain.checkpoint.CheckpointSave(iterator),
-    )
+    data = grain.checkpoint.CheckpointSave(iterator)
+    return ckpt.checksummed_save_args(_items(state), where=where, data=data)
 
 
 def _restore(manager, state, iterator):
     """Restore into `state` / `iterator` from the newest step that reads back and matches its
     checksums; a failing step is moved aside (`W/ckpt_rejected/`) and the previous one used."""
-    targets = {
-        "model": {**ckpt.abstract_of(state["params"]), **ckpt.abstract_of(state["rest"])},
-        "train": ckpt.abstract_of(
-            {"opt": state["opt"], "step": state["step"], "rng": state["rng"]}
-        ),
-    }
+    targets = _items(state, ckpt.abstract_of)
     newest = manager.latest_step()
     step, restored = ckpt.restore_latest_good(
         manager,
@@ -149,13 +148,11 @@ def _restore(manager, state, iterator):
     if newest != step:
         _log(f"resuming from step {step} (newer steps failed verification, moved aside)")
     integrity.require_finite(restored["model"], where=f"{manager.directory}/{step}")
-    rest = ckpt.unflatten(
-        {"opt": state["opt"], "step": state["step"], "rng": state["rng"]}, restored["train"]
-    )
+    train = ckpt.unflatten({k: state[k] for k in _TRAIN_KEYS}, restored["train"])
     return step, {
         "params": ckpt.unflatten(state["params"], restored["model"]),
         "rest": ckpt.unflatten(state["rest"], restored["model"]),
-        **rest,
+        **train,
     }
 
 
