@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -201,17 +202,21 @@ def offdiag_moments(s: Array) -> tuple[Array, Array]:
 
 def effective_betas(s: Array, spec: LossSpec) -> tuple[Array, Array]:
     """(β_i2t, β_t2i) the dense loss uses on the (B, B) similarity matrix s."""
+    return spec_betas(spec, s.dtype, lambda: offdiag_moments(s))
+
+
+def spec_betas(spec: LossSpec, dtype, moments: Callable[[], tuple[Array, Array]]):
+    """(β_i2t, β_t2i): the spec's, or with CEHNC's adaptive rule `adaptive_beta` of `moments()`
+    (mean, std of the anchor–negative similarities; computed only then)."""
     if not spec.adaptive_distance:
-        return jnp.asarray(spec.beta_i2t, s.dtype), jnp.asarray(spec.beta_t2i, s.dtype)
-    mean_s, std_s = offdiag_moments(s)
-    return (
-        adaptive_beta(spec.beta_i2t, mean_s, std_s, spec),
-        adaptive_beta(spec.beta_t2i, mean_s, std_s, spec),
-    )
+        return jnp.asarray(spec.beta_i2t, dtype), jnp.asarray(spec.beta_t2i, dtype)
+    mean_s, std_s = moments()
+    return tuple(adaptive_beta(b, mean_s, std_s, spec) for b in (spec.beta_i2t, spec.beta_t2i))
 
 
 # --------------------------------------------------------------------------- dense form
-def _check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
+def check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
+    """Both `(B, D)` of the same shape, and a batch the loss is defined for."""
     if img.ndim != 2 or img.shape != txt.shape:
         raise ValueError(
             f"{spec.name}: img and txt must both be (B, D), got {img.shape}, {txt.shape}"
@@ -221,7 +226,7 @@ def _check_pairs(img: Array, txt: Array, spec: LossSpec) -> None:
 
 def dense_loss(img: Array, txt: Array, temperature: Array | float, spec: LossSpec) -> Array:
     """The loss of one (B, D) batch with the full (B, B) similarity matrix in memory."""
-    _check_pairs(img, txt, spec)
+    check_pairs(img, txt, spec)
     b = img.shape[0]
     s = similarity(img, txt)
     tau = jnp.asarray(temperature).astype(s.dtype)
@@ -301,7 +306,7 @@ def siglip(img: Array, txt: Array, temperature: Array | float, bias: Array | flo
     y = +1 on the diagonal (the B positives), -1 elsewhere; τ and b are learned (init 0.1, -10).
     """
     spec = siglip_spec()
-    _check_pairs(img, txt, spec)
+    check_pairs(img, txt, spec)
     s = similarity(img, txt)
     logits = s / jnp.asarray(temperature).astype(s.dtype) + jnp.asarray(bias).astype(s.dtype)
     labels = 2.0 * jnp.eye(s.shape[0], dtype=s.dtype) - 1.0

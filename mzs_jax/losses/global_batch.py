@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from mzs_jax.losses import gather, ring
 from mzs_jax.losses import streaming as st
 from mzs_jax.losses.config import with_bias_check
-from mzs_jax.losses.contrastive import LossSpec, acc_dtype, adaptive_beta, centred_moments
+from mzs_jax.losses.contrastive import LossSpec, acc_dtype, centred_moments, check_pairs, spec_betas
 from mzs_jax.losses.registry import make_spec
 
 Array = jax.Array
@@ -27,11 +27,7 @@ FORMS = {"gather": gather, "ring": ring}
 class _Ctx:
     spec: LossSpec
     plan: st.Plan
-    form: str
-
-    @property
-    def ops(self):
-        return FORMS[self.form]
+    ops: object  # the form's module, `gather` or `ring` (a value of FORMS)
 
 
 def _positives(img, txt, tau):
@@ -63,21 +59,10 @@ def _moments(img, txt, src, ctx: _Ctx):
     return centred_moments(n, m0, e1, e2)
 
 
-def _betas(img, txt, src, ctx: _Ctx):
-    spec, dt = ctx.spec, acc_dtype(img)
-    if not spec.adaptive_distance:
-        return jnp.asarray(spec.beta_i2t, dt), jnp.asarray(spec.beta_t2i, dt)
-    mean_s, std_s = _moments(img, txt, src, ctx)
-    return (
-        adaptive_beta(spec.beta_i2t, mean_s, std_s, spec),
-        adaptive_beta(spec.beta_t2i, mean_s, std_s, spec),
-    )
-
-
 def _softmax_fwd(img, txt, tau, ctx: _Ctx):
     spec, plan = ctx.spec, ctx.plan
     src = ctx.ops.prepare(txt, plan)
-    b1, b2 = _betas(img, txt, src, ctx)
+    b1, b2 = spec_betas(spec, acc_dtype(img), lambda: _moments(img, txt, src, ctx))
     rows, cols, _ = ctx.ops.forward(img, src, st.softmax_kernel(spec, tau, b1, b2), plan)
     z_pos = _positives(img, txt, tau)
     total, residuals, dz_pos = 0.0, [], 0.0
@@ -151,21 +136,7 @@ def _local_loss(img, txt, tau, bias, *, ctx: _Ctx):
     return _global_loss(img, txt, tau, bias, ctx)
 
 
-def _local_moments(img, txt, *, ctx: _Ctx):
-    return _moments(img, txt, ctx.ops.prepare(txt, ctx.plan), ctx)
-
-
 # --------------------------------------------------------------------------- mesh plumbing
-def _batch_axes(mesh: Mesh, axis) -> tuple[str, ...]:
-    axes = (axis,) if isinstance(axis, str) else tuple(axis)
-    if not axes:
-        raise ValueError("axis must name at least one mesh axis")
-    for a in axes:
-        if a not in mesh.shape:
-            raise ValueError(f"mesh has no axis {a!r} (axes: {tuple(mesh.shape)})")
-    return axes
-
-
 def _explicitly_typed(x: Array) -> bool:
     """True when x carries an Explicit-mesh sharding in its type (jax.sharding explicit mode)."""
     m = jax.typeof(x).sharding.mesh
@@ -192,20 +163,24 @@ def _on_mesh(mesh: Mesh, axes, body, out_specs, img, txt, *scalars):
     return jax.shard_map(body, mesh=use, in_specs=in_specs, out_specs=out_specs)(img, txt, *scalars)
 
 
-def _plan(name, spec, img, txt, axes, n_dev, block_size) -> st.Plan:
-    if img.ndim != 2 or img.shape != txt.shape:
-        raise ValueError(f"{name}: img and txt must both be (B, D), got {img.shape}, {txt.shape}")
+def _plan(spec, img, txt, axes, n_dev, block_size) -> st.Plan:
+    check_pairs(img, txt, spec)
     batch = img.shape[0]
-    spec.check_batch(batch)
     if batch % n_dev:
         raise ValueError(
-            f"{name}: global batch {batch} is not a multiple of mesh axis {axes} size {n_dev}"
+            f"{spec.name}: global batch {batch} is not a multiple of mesh axis {axes} size {n_dev}"
         )
     return st.Plan(axes, n_dev, batch, int(block_size) if block_size else st.DEFAULT_TILE)
 
 
 def _checked(mesh, axis, form, block_size):
-    axes = _batch_axes(mesh, axis)
+    """(batch axes, their device count), the arguments validated."""
+    axes = (axis,) if isinstance(axis, str) else tuple(axis)
+    if not axes:
+        raise ValueError("axis must name at least one mesh axis")
+    for a in axes:
+        if a not in mesh.shape:
+            raise ValueError(f"mesh has no axis {a!r} (axes: {tuple(mesh.shape)})")
     if form not in FORMS:
         raise ValueError(f"loss.global_form={form!r} is not one of {tuple(FORMS)}")
     if block_size is not None and int(block_size) < 1:
@@ -236,7 +211,7 @@ def make_global_loss(
 
     @jax.jit
     def inner(img, txt, temperature, bias):
-        ctx = _Ctx(spec, _plan(name, spec, img, txt, axes, n_dev, block_size), form)
+        ctx = _Ctx(spec, _plan(spec, img, txt, axes, n_dev, block_size), FORMS[form])
         dt = acc_dtype(img)
         tau, b = jnp.asarray(temperature).astype(dt), jnp.asarray(bias).astype(dt)
         body = functools.partial(_local_loss, ctx=ctx)
@@ -251,12 +226,12 @@ def make_global_moments(
     """`fn(img, txt) -> (mean, std)` of the off-diagonal similarities s_ij, i ≠ j, computed as the
     global forms compute them for CEHNC's adaptive β (for tests and logging)."""
     axes, n_dev = _checked(mesh, axis, form, block_size)
-    spec = make_spec("infonce")
+    spec = LossSpec("moments")  # names the errors; the moments read no loss parameter
 
     @jax.jit
     def inner(img, txt):
-        ctx = _Ctx(spec, _plan("moments", spec, img, txt, axes, n_dev, block_size), form)
-        body = functools.partial(_local_moments, ctx=ctx)
+        ctx = _Ctx(spec, _plan(spec, img, txt, axes, n_dev, block_size), FORMS[form])
+        body = lambda img, txt: _moments(img, txt, ctx.ops.prepare(txt, ctx.plan), ctx)
         return _on_mesh(mesh, axes, body, (P(), P()), img, txt)
 
     return inner

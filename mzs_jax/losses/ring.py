@@ -52,8 +52,7 @@ def forward(img, txt, kernel: st.Kernel, plan: st.Plan):
 
         def visit(t, blk, col_acc, row_state, scalars):
             cols = _visit_cols(t, start, tile, plan)
-            carry = (row_state, col_acc, scalars)
-            return st.sweep_fwd(img, blk, cols, fresh, carry, kernel, plan)
+            return st.sweep_fwd(img, blk, cols, fresh, (row_state, col_acc, scalars), kernel, plan)
 
         def step(t, c):
             blk, col_acc, row_state, scalars = c

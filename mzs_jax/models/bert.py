@@ -20,14 +20,11 @@ class BertEmbeddings(nnx.Module):
     def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         init = nnx.initializers.normal(0.02)
+        embed = lambda n: nnx.Embed(n, cfg.width, embedding_init=init, **kw)
         self.max_positions = cfg.max_positions
-        self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.width, embedding_init=init, **kw)
-        self.position_embeddings = nnx.Embed(
-            cfg.max_positions, cfg.width, embedding_init=init, **kw
-        )
-        self.token_type_embeddings = nnx.Embed(
-            cfg.type_vocab_size, cfg.width, embedding_init=init, **kw
-        )
+        self.word_embeddings = embed(cfg.vocab_size)
+        self.position_embeddings = embed(cfg.max_positions)
+        self.token_type_embeddings = embed(cfg.type_vocab_size)
         self.LayerNorm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:
@@ -74,10 +71,6 @@ class BertLayer(nnx.Module):
         return self.output_LayerNorm(x + self.output(gelu(self.intermediate(x))))
 
 
-def _run_layer(layer: BertLayer, x, mask, queries=None):
-    return layer(x, mask, queries)
-
-
 class TextTower(nnx.Module):
     """open_clip `HFTextEncoder` around BERT: `transformer` → CLS token → `proj` MLP."""
 
@@ -85,7 +78,7 @@ class TextTower(nnx.Module):
         self, cfg, embed_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs, remat: str = "none"
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        remat_layer(_run_layer, remat)  # validates the mode at build time
+        remat_layer(BertLayer.__call__, remat)  # validates the mode at build time
         self.remat = remat
         self.context_length = cfg.context_length
         self.embeddings = BertEmbeddings(cfg, **kw)
@@ -106,7 +99,7 @@ class TextTower(nnx.Module):
             )
         mask = attention_mask[:, None, None, :] > 0
         x = self.embeddings(input_ids)
-        run_layer = remat_layer(_run_layer, self.remat, static_argnums=(3,))
+        run_layer = remat_layer(BertLayer.__call__, self.remat, static_argnums=(3,))
         for i, layer in enumerate(self.layers):
             x = run_layer(layer, x, mask, 1 if cls_only and i == len(self.layers) - 1 else None)
         return x

@@ -53,17 +53,11 @@ class DPFEM(nnx.Module):
         c_in = int(cfg.in_channels) + 1
         # Stem (eq. 6): one stride-2 3×3 conv per halving (a 3×3 conv when stride is 1).
         n_down = max(1, int(math.log2(s)))
+        stride = (2, 2) if s > 1 else (1, 1)
         self.stem = nnx.List(
             [
-                nnx.Conv(
-                    c_in if i == 0 else w,
-                    w,
-                    (3, 3),
-                    strides=(2, 2) if s > 1 else (1, 1),
-                    padding="SAME",
-                    rngs=rngs,
-                )
-                for i in range(n_down)
+                nnx.Conv(c, w, (3, 3), strides=stride, padding="SAME", rngs=rngs)
+                for c in [c_in] + [w] * (n_down - 1)
             ]
         )
         # Local branch (eq. 7): depthwise 3×3 then pointwise 1×1, SiLU.

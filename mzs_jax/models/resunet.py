@@ -120,22 +120,18 @@ class ResUNet(nnx.Module):
         kw = dict(dtype=DTYPES[cfg.dtype], param_dtype=DTYPES[cfg.param_dtype], rngs=rngs)
         widths = [cfg.width * 2**i for i in range(cfg.depth)]
         self.stem = nnx.Conv(cfg.in_channels, widths[0], (3, 3), padding="SAME", **kw)
+
+        def level(cin: int, cout: int, stride: int) -> nnx.List:
+            """`cfg.blocks` residual blocks to `cout` channels; the first takes `cin`, `stride`."""
+            return nnx.List(
+                [
+                    ResBlock(cout if b else cin, cout, 1 if b else stride, cfg, rngs=rngs)
+                    for b in range(cfg.blocks)
+                ]
+            )
+
         self.encoder = nnx.List(
-            [
-                nnx.List(
-                    [
-                        ResBlock(
-                            widths[max(i - 1, 0)] if b == 0 else widths[i],
-                            widths[i],
-                            2 if (b == 0 and i > 0) else 1,
-                            cfg,
-                            rngs=rngs,
-                        )
-                        for b in range(cfg.blocks)
-                    ]
-                )
-                for i in range(cfg.depth)
-            ]
+            [level(widths[max(i - 1, 0)], widths[i], 2 if i > 0 else 1) for i in range(cfg.depth)]
         )
         self.up = nnx.List(
             [
@@ -144,17 +140,7 @@ class ResUNet(nnx.Module):
             ]
         )
         self.decoder = nnx.List(
-            [
-                nnx.List(
-                    [
-                        ResBlock(
-                            2 * widths[i] if b == 0 else widths[i], widths[i], 1, cfg, rngs=rngs
-                        )
-                        for b in range(cfg.blocks)
-                    ]
-                )
-                for i in reversed(range(cfg.depth - 1))
-            ]
+            [level(2 * widths[i], widths[i], 1) for i in reversed(range(cfg.depth - 1))]
         )
         self.out_norm = _norm(widths[0], cfg, rngs)
         self.head = nnx.Conv(widths[0], cfg.num_classes, (1, 1), **kw)

@@ -62,11 +62,9 @@ def dot_product_attention(
     """
     dtype = dtype or q.dtype
     scale = q.shape[-1] ** -0.5
-    f32 = jnp.float32
-    logits = mixed_einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype))
-    logits = logits * scale
+    logits = mixed_einsum("bqhd,bkhd->bhqk", q.astype(dtype), k.astype(dtype)) * scale
     if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(f32).min)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     return mixed_einsum("bhqk,bkhd->bqhd", weights, v.astype(dtype))
 
@@ -165,13 +163,11 @@ class Block(nnx.Module):
         tapped = None
         h = self.norm1(x)
         if tap == "norm1":
-            h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
-            tapped = h
+            h = tapped = h if tap_delta is None else h + tap_delta.astype(h.dtype)
         x = x[:, :queries] + self.attn(h, queries)
         h = self.norm2(x)
         if tap == "norm2":
-            h = h if tap_delta is None else h + tap_delta.astype(h.dtype)
-            tapped = h
+            h = tapped = h if tap_delta is None else h + tap_delta.astype(h.dtype)
         x = x + self.mlp(h)
         return x, tapped
 
@@ -207,9 +203,7 @@ class VisionTransformer(nnx.Module):
         self.pos_embed = nnx.Param(
             init(rngs.params(), (1, 1 + num_patches, cfg.width), param_dtype)
         )
-        self.blocks = nnx.List(
-            [Block(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for _ in range(cfg.layers)]
-        )
+        self.blocks = nnx.List([Block(cfg, **kw) for _ in range(cfg.layers)])
         self.norm = nnx.LayerNorm(cfg.width, epsilon=cfg.ln_eps, **kw)
         self.head_proj = linear(cfg.width, embed_dim, use_bias=False, **kw)
 

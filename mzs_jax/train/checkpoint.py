@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from . import integrity
+from .distributed import barrier
 
 # kind -> "module:callable"; the callable is `Cls(model_config, *, rngs)`.
 MODEL_BUILDERS: dict[str, str] = {
@@ -112,12 +113,12 @@ def unflatten(template, flat: dict[str, Any]):
     return jax.tree_util.tree_map_with_path(leaf, template)
 
 
-def abstract_of(tree):
-    """ShapeDtypeStructs (with the same shardings) for Orbax restore targets."""
+def abstract_of(tree, sharding: jax.sharding.Sharding | None = None):
+    """Orbax restore targets: `flatten(tree)` as ShapeDtypeStructs, on `sharding` or the leaves'."""
 
     def one(x):
-        sharding = getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        place = getattr(x, "sharding", None) if sharding is None else sharding
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=place)
 
     return jax.tree.map(one, flatten(tree))
 
@@ -253,20 +254,13 @@ def _restore_verified(manager, step, targets, extra_args, where, log):
     return restored
 
 
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def reject_step(manager: ocp.CheckpointManager, step: int, why: str, log) -> None:
     """Move a step that failed verification into `W/ckpt_rejected/` (never deleted), log it."""
     step_dir = pathlib.Path(manager.directory) / str(step)
     target = integrity.REJECTED_DIR
     if jax.process_index() == 0 and step_dir.exists():
         target = integrity.move_aside(step_dir)
-    _barrier(f"reject-{step}")
+    barrier(f"reject-{step}")
     manager.reload()
     log(f"checkpoint {step_dir} is unreadable or corrupt ({why}); moved it to {target} "
         "(kept, not deleted); trying the previous step")  # fmt: skip
@@ -298,13 +292,9 @@ def restore_latest_good(
         except CheckpointMismatchError:
             raise
         except Exception as e:  # noqa: BLE001 - any read/verify failure: this step is unusable
-            reject_step(manager, step, f"{type(e).__name__}: {_first_line(e)}", log)
+            first_line = (str(e).splitlines() or [""])[0][:300]
+            reject_step(manager, step, f"{type(e).__name__}: {first_line}", log)
     return None, None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).splitlines()
-    return lines[0][:300] if lines else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,11 +321,6 @@ def save_model(
     return pathlib.Path(workdir) / CKPT_DIR / str(step)
 
 
-def abstract_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> nnx.Module:
-    """The model with `ShapeDtypeStruct` leaves: shapes without allocating parameters."""
-    return nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(seed)))
-
-
 def restore_model(
     workdir: str | pathlib.Path,
     step: int | None = None,
@@ -357,12 +342,11 @@ def restore_model(
             f"{workdir} holds a {model_kind(model_config)} model "
             f"({model_config.get('name', '?')!r}), not a {kind}"
         )
-    model = abstract_model(model_config)
+    # ShapeDtypeStruct leaves: the shapes without allocating parameters.
+    model = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(model)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), flatten(abstract_state)
-    )
+    target = abstract_of(abstract_state, sharding)
     ckpt_dir = pathlib.Path(workdir) / CKPT_DIR
     if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")

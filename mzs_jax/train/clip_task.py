@@ -19,6 +19,7 @@ from flax import nnx
 
 from mzs_jax.data.transforms import ToClipInput
 from mzs_jax.train import clip_context, text_buckets
+from mzs_jax.train.distributed import barrier
 
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -101,7 +102,7 @@ def resolve_tokenizer(
         if local is not None and not local.is_dir():
             if jax.process_index() == 0:
                 tok.hf.save_pretrained(str(local))
-            _barrier("tokenizer")
+            barrier("tokenizer")
             print(f"saved the tokenizer {spec} with the model: {local}")
         return tok
     if local is not None and local.is_dir():
@@ -109,17 +110,10 @@ def resolve_tokenizer(
     if texts is not None and local is not None:
         if jax.process_index() == 0:
             tk.build_wordpiece_tokenizer(texts, local)
-        _barrier("tokenizer")
+        barrier("tokenizer")
         print(f"built a WordPiece tokenizer from the training captions: {local}")
         return tk.load_tokenizer(local, context_length)
     return tk.load_tokenizer(BIOMEDCLIP_HUB_ID, context_length)
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 class ToClipExample(grain.transforms.Map):
@@ -212,8 +206,7 @@ def clip_objective(
 
 
 def clip_loss(model, batch: dict[str, jax.Array], loss: Callable) -> tuple[jax.Array, dict]:
-    """The stage 1 objective: `loss(img, txt, τ[, bias])` on the two L2-normalised `(B, E)`
-    embeddings; the model's `logit_bias` (SigLIP, `model.logit_bias_init`) is passed if it has one.
+    """The stage 1 objective: `clip_objective` on the two L2-normalised `(B, E)` embeddings.
 
     `batch`: `image` (B,S,S,3), `input_ids`/`attention_mask` (B,L). τ = 1/exp(logit_scale) as in
     open_clip (logits = exp(logit_scale)·cos). Used by `ClipTask` and `bench/train_step.py`.
@@ -316,7 +309,8 @@ class ClipTask:
                     f"{math.exp(-imported_scale):.4g})"
                 )
         if jax.process_index() == 0:
-            print(f"[train-clip] starting temperature τ = {self.starting_temperature(model):.4g}")
+            tau = math.exp(-float(model.logit_scale[...]))
+            print(f"[train-clip] starting temperature τ = {tau:.4g}")
 
     @property
     def compiler_options(self) -> dict[str, str]:
@@ -324,10 +318,6 @@ class ClipTask:
         from mzs_jax.models import clip
 
         return clip.compiler_options(self.model_config)
-
-    @staticmethod
-    def starting_temperature(model) -> float:
-        return math.exp(-float(model.logit_scale[...]))
 
     def prepare_batch(self, batch: dict) -> dict:
         """Host-side, before the global arrays: the text cut to its `config.data.text_buckets`

@@ -44,6 +44,14 @@ def initialize(dist_config=None) -> bool:
     return False
 
 
+def barrier(name: str) -> None:
+    """Wait for every process (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def _cpu_collectives() -> None:
     if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

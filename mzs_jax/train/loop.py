@@ -77,10 +77,6 @@ def _log(msg: str) -> None:
         print(msg, flush=True)
 
 
-def _num_steps(config, spe: int) -> int:
-    return int(config.total_steps) if config.total_steps > 0 else int(config.num_epochs) * spe
-
-
 def init_state(task: Task, config: ml_collections.ConfigDict, mesh, spe: int):
     """Parameters and optimizer state created directly with their shardings (no host copy)."""
     rules = getattr(task, "sharding_rules", None) or tuple(tuple(r) for r in config.sharding_rules)
@@ -116,25 +112,24 @@ def init_state(task: Task, config: ml_collections.ConfigDict, mesh, spe: int):
     return graphdef, tx, state
 
 
+_TRAIN_KEYS = ("opt", "step", "rng")  # the state saved as the checkpoint item `train`
+
+
+def _items(state, leaves=ckpt.flatten) -> dict[str, dict]:
+    """`state` as the flat checkpoint items `model` (params and rest) and `train`."""
+    model = {**leaves(state["params"]), **leaves(state["rest"])}
+    return {"model": model, "train": leaves({k: state[k] for k in _TRAIN_KEYS})}
+
+
 def _save_args(state, iterator, where: str):
-    model = {**ckpt.flatten(state["params"]), **ckpt.flatten(state["rest"])}
-    train = ckpt.flatten({"opt": state["opt"], "step": state["step"], "rng": state["rng"]})
-    return ckpt.checksummed_save_args(
-        {"model": model, "train": train},
-        where=where,
-        data=grain.checkpoint.CheckpointSave(iterator),
-    )
+    data = grain.checkpoint.CheckpointSave(iterator)
+    return ckpt.checksummed_save_args(_items(state), where=where, data=data)
 
 
 def _restore(manager, state, iterator):
     """Restore into `state` / `iterator` from the newest step that reads back and matches its
     checksums; a failing step is moved aside (`W/ckpt_rejected/`) and the previous one used."""
-    targets = {
-        "model": {**ckpt.abstract_of(state["params"]), **ckpt.abstract_of(state["rest"])},
-        "train": ckpt.abstract_of(
-            {"opt": state["opt"], "step": state["step"], "rng": state["rng"]}
-        ),
-    }
+    targets = _items(state, ckpt.abstract_of)
     newest = manager.latest_step()
     step, restored = ckpt.restore_latest_good(
         manager,
@@ -153,13 +148,11 @@ def _restore(manager, state, iterator):
     if newest != step:
         _log(f"resuming from step {step} (newer steps failed verification, moved aside)")
     integrity.require_finite(restored["model"], where=f"{manager.directory}/{step}")
-    rest = ckpt.unflatten(
-        {"opt": state["opt"], "step": state["step"], "rng": state["rng"]}, restored["train"]
-    )
+    train = ckpt.unflatten({k: state[k] for k in _TRAIN_KEYS}, restored["train"])
     return step, {
         "params": ckpt.unflatten(state["params"], restored["model"]),
         "rest": ckpt.unflatten(state["rest"], restored["model"]),
-        **rest,
+        **train,
     }
 
 
@@ -262,7 +255,7 @@ def fit(
         bind(mesh)
     ds = task.train_dataset(config)
     spe = steps_per_epoch(len(ds), int(config.batch_size))
-    total = _num_steps(config, spe)
+    total = int(config.total_steps) if config.total_steps > 0 else int(config.num_epochs) * spe
     iterator = train_iterator(ds, config, math.ceil(total / spe))
     graphdef, tx, state = init_state(task, config, mesh, spe)
     manager = _make_manager(workdir, config.checkpoint)
@@ -325,7 +318,10 @@ class _Loop:
                 if step < self.total:
                     batch = to_global(prepare(next(iterator)), sharding)
             progress.close(loss=last.get("loss", float("nan")))
-            self._wait_for_saves(self.total)
+            try:
+                self.manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001 - any write failure, reported with the path
+                raise self._write_error(self.total, e) from e
         finally:
             failing = sys.exc_info()[0] is not None
             closers = [self.manager.wait_until_finished] if failing else []
@@ -354,12 +350,6 @@ class _Loop:
             )
             self.executables[key] = compiled
         return self.executables[key]
-
-    def _wait_for_saves(self, step: int) -> None:
-        try:
-            self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001 - any write failure, reported with the path
-            raise self._write_error(step, e) from e
 
     def _write_error(self, step: int, e: BaseException) -> CheckpointWriteError:
         try:

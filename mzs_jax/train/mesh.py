@@ -79,12 +79,9 @@ def _fsdp_spec(shape: tuple[int, ...], size: int) -> P:
     """Shard the largest dimension divisible by the fsdp axis (big_vision's `fsdp` rule)."""
     if size == 1 or not shape:
         return P()
-    order = sorted(range(len(shape)), key=lambda i: -shape[i])
-    for i in order:
+    for i in sorted(range(len(shape)), key=lambda i: -shape[i]):
         if shape[i] % size == 0:
-            spec = [None] * len(shape)
-            spec[i] = "fsdp"
-            return P(*spec)
+            return P(*["fsdp" if j == i else None for j in range(len(shape))])
     return P()
 
 

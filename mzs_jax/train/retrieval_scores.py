@@ -76,10 +76,7 @@ def query_scores(
     """Per-query expected hits `(M,)` float under the ROCO protocol (`_chunks`); query j is the
     j-th pair of the shuffled order. `chunks` (a list of index arrays) replaces the shuffled
     batches, e.g. the 64-pair blocks of `phantom-hard`."""
-    img, txt = _check_pairs(img, txt)
-    chunks = _chunks(len(img), batch, seed) if chunks is None else chunks
-    per = [_hits(img[c], txt[c]) for c in chunks]
-    return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
+    return _per_query(img, txt, batch, seed, chunks, None)
 
 
 def query_hits(
@@ -93,8 +90,13 @@ def query_hits(
 ) -> dict[str, np.ndarray]:
     """Per-query bool hits `(M,)` in the order of `query_scores`, exact ties broken by a draw
     seeded with `(tie_seed, seed)`, so two models' hits pair up (McNemar) and reruns agree."""
+    return _per_query(img, txt, batch, seed, chunks, [tie_seed, seed])
+
+
+def _per_query(img, txt, batch: int, seed: int, chunks, tie_seeds) -> dict[str, np.ndarray]:
+    """`_hits` of every chunk, concatenated; ties drawn from `tie_seeds` (None: expected hits)."""
     img, txt = _check_pairs(img, txt)
-    rng = np.random.default_rng([tie_seed, seed])
+    rng = None if tie_seeds is None else np.random.default_rng(tie_seeds)
     chunks = _chunks(len(img), batch, seed) if chunks is None else chunks
     per = [_hits(img[c], txt[c], rng) for c in chunks]
     return {k: np.concatenate([p[k] for p in per]) for k in METRICS}
@@ -167,8 +169,7 @@ def has_metadata(examples) -> bool:
     """Whether any example's `"context"` arrays hold a present value (a category id > 0 or a
     `*_present` flag set)."""
     for i in range(len(examples)):
-        ctx = examples[i].get("context") or {}
-        for k, v in ctx.items():
+        for k, v in (examples[i].get("context") or {}).items():
             if k.endswith("_present") and bool(v):
                 return True
             if not k.endswith(("_present", "_ids", "_mask")) and np.asarray(v).dtype.kind == "i":

@@ -65,12 +65,6 @@ def check_compute_dtype(lowered, config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _labels(params, regexes, yes: str, no: str):
-    return jax.tree_util.tree_map_with_path(
-        lambda kp, _: yes if any(re.search(r, path_str(kp)) for r in regexes) else no, params
-    )
-
-
 def make_schedule(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """Step decay: `lr * decay_factor ** floor(step / (decay_every_epochs * steps_per_epoch))`,
     after an optional linear warm-up."""
@@ -110,7 +104,10 @@ def make_optimizer(
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     freeze = tuple(config.freeze)
     if freeze:
-        labels = _labels(params, freeze, "frozen", "train")
+        labels = jax.tree_util.tree_map_with_path(
+            lambda kp, _: "frozen" if any(re.search(r, path_str(kp)) for r in freeze) else "train",
+            params,
+        )
         if all(v == "frozen" for v in jax.tree.leaves(labels)):
             raise ValueError(f"config.freeze {freeze} freezes every parameter")
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
@@ -148,10 +145,6 @@ def _whole_batch(micro):
 
 def _tree_add(a, b):
     return jax.tree.map(lambda x, y: x + y.astype(x.dtype), a, b)
-
-
-def _f32_zeros(params):
-    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
 
 
 ACCUMULATION = ("exact", "independent")
@@ -224,8 +217,9 @@ def _independent(grad_fn: Callable, k: int, scan: Callable) -> Callable:
             (loss, (metrics, rest)), g = grad_fn(params, rest, mb, jax.random.fold_in(rng, j))
             return (_tree_add(grads_acc, g), rest), (loss, metrics)
 
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         (grads, rest), (losses, metrics) = scan(
-            body, (_f32_zeros(params), rest), (_micro_batches(batch, k), jnp.arange(k))
+            body, (zeros, rest), (_micro_batches(batch, k), jnp.arange(k))
         )
         grads = jax.tree.map(lambda g: g / k, grads)
         return jnp.mean(losses), jax.tree.map(jnp.mean, metrics), rest, grads
