@@ -275,12 +275,7 @@ def ct_params(rng: np.random.Generator, size: int) -> dict:
             "r": float(rng.uniform(0.025, 0.07)),
             "shift": rng.uniform(-0.1, 0.1, 2),
         }
-    return {
-        "size": size,
-        "jitter": jitter,
-        "lesion": lesion,
-        "shape_seed": int(rng.integers(2**31)),
-    }
+    return dict(size=size, jitter=jitter, lesion=lesion, shape_seed=int(rng.integers(2**31)))
 
 
 def ct_slice(p: dict, t: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -342,10 +337,11 @@ def ct_sample(rng: np.random.Generator, size: int = 64) -> dict:
     lesion = mask == CT_LESION_LABEL
     areas = {n: int((mask == v).sum()) for n, v in SYNAPSE_LABELS.items()}
     organs = sorted((n for n in areas if areas[n]), key=lambda n: -areas[n])  # largest first
-    lobe = "right" if lesion.any() and np.nonzero(lesion)[1].mean() < 0.3 * size else "left"
-    lesion_size = size_word(lesion.mean(), 0.004, 0.012) if lesion.any() else None
+    found = bool(lesion.any())
+    lobe = "right" if found and np.nonzero(lesion)[1].mean() < 0.3 * size else "left"
+    lesion_size = size_word(lesion.mean(), 0.004, 0.012) if found else None
     structures = _present(mask, SYNAPSE_LABELS)
-    if lesion.any():
+    if found:
         structures["liver lesion"] = (CT_LESION_LABEL,)
         structures["liver"] = (5, CT_LESION_LABEL)
     return {
@@ -353,11 +349,9 @@ def ct_sample(rng: np.random.Generator, size: int = 64) -> dict:
         "mask": mask,
         "hu": hu,
         "caption": text.ct_caption(rng, organs, lesion_size, lobe),
-        "metadata": text.metadata(
-            rng, "ct_lesion" if lesion.any() else "ct_normal", "CT", "abdomen"
-        ),
+        "metadata": text.metadata(rng, "ct_lesion" if found else "ct_normal", "CT", "abdomen"),
         "structures": structures,
-        "finding": "lesion" if lesion.any() else "normal",
+        "finding": "lesion" if found else "normal",
     }
 
 

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mzs_jax.data.phantom_hard import BLOCK
+from mzs_jax.data.phantom_hard import BLOCK, one_attribute_pairs
 from mzs_jax.pipeline import retrieval
 
 
@@ -108,17 +108,18 @@ class Runner:
         self.val = list(_examples(task.val_src, task.tokenizer, task.model_config))
         val_blocks = np.array([s["block"] for s in task.val_src])
         self.chunks = [np.nonzero(val_blocks == b)[0] for b in np.unique(val_blocks)]
-        self.one_attribute_pairs = _one_attribute_pairs(task.val_src, self.chunks)
+        self.one_attribute_pairs = sum(
+            one_attribute_pairs([task.val_src[i] for i in c]) for c in self.chunks
+        )
 
     def score(self, model, seed: int) -> dict:
         """Per-query expected hits (`scores`) and seeded tie-broken bool hits (`hits`) of
         `model` on the held-out blocks, each block one retrieval batch."""
         img, txt = retrieval.embed(model, self.val)
-        kw = dict(chunks=self.chunks)
         return {
-            "scores": retrieval.query_scores(img, txt, **kw),
+            "scores": retrieval.query_scores(img, txt, chunks=self.chunks),
             "hits": retrieval.query_hits(
-                img, txt, seed=seed, tie_seed=int(self.cfg.tie_seed), **kw
+                img, txt, chunks=self.chunks, seed=seed, tie_seed=int(self.cfg.tie_seed)
             ),
         }
 
@@ -167,12 +168,6 @@ class Runner:
             log(f"[loss_quality] {loss} seed {seed}: loss {final:.3f} i2t_top1 {top1:.3f} "
                 f"({out[seed]['seconds']:.0f} s)")  # fmt: skip
         return out
-
-
-def _one_attribute_pairs(src, chunks) -> int:
-    from mzs_jax.data.phantom_hard import one_attribute_pairs
-
-    return sum(one_attribute_pairs([src[i] for i in c]) for c in chunks)
 
 
 def run(cfg, workdir: pathlib.Path, log=print) -> dict:

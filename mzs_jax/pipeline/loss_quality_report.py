@@ -29,15 +29,12 @@ def _rows(result: dict, metric: str) -> list[dict]:
     """Rows for `stats.paired_ttest`: one case per seed; the pre-trained model (deterministic)
     has the same value for every seed, so its test is a one-sample t-test of the gains."""
     pre = float(np.mean(result["pretrained"]["scores"][metric]))
-    rows = []
-    for loss, runs in result["runs"].items():
-        for s in sorted(runs):
-            value = float(np.mean(runs[s]["scores"][metric]))
-            rows.append(
-                {"method": loss, "dataset": "hard", "class": "all", "case": s, metric: value}
-            )
-            rows.append({"method": PRE, "dataset": "hard", "class": "all", "case": s, metric: pre})
-    return rows
+    return [
+        {"method": method, "dataset": "hard", "class": "all", "case": s, metric: value}
+        for loss, runs in result["runs"].items()
+        for s in sorted(runs)
+        for method, value in ((loss, float(np.mean(runs[s]["scores"][metric]))), (PRE, pre))
+    ]
 
 
 def _pooled_hits(result: dict, name: str, metric: str, seeds: list[int]) -> np.ndarray:
@@ -115,19 +112,14 @@ def tables(result: dict, stats: dict) -> tuple[list[str], list[list[str]], list[
     """(header, rows) of the mean ± CI table and of the comparisons table."""
     n = len(next(iter(result["runs"].values())))
     head = ["model", *METRICS]
-    body = [
+    pre = [_pct(np.mean(result["pretrained"]["scores"][m])) for m in METRICS]
+    body = [[f"{PRE} (no fine-tuning)", *pre]] + [
         [
-            f"{PRE} (no fine-tuning)",
-            *(_pct(np.mean(result["pretrained"]["scores"][m])) for m in METRICS),
+            f"{loss} ({n} seeds)",
+            *(f"{_pct(per[m]['mean'])} ± {_pct(per[m]['ci'])}" for m in METRICS),
         ]
+        for loss, per in stats.items()
     ]
-    for loss, per in stats.items():
-        body.append(
-            [
-                f"{loss} ({n} seeds)",
-                *(f"{_pct(per[m]['mean'])} ± {_pct(per[m]['ci'])}" for m in METRICS),
-            ]
-        )
     c_head = ["loss", "metric", "Δ vs pre-trained", "t-test p", "McNemar p", "beats pre-trained",
               "Δ vs infonce", "t-test p", "McNemar p"]  # fmt: skip
     c_body = []

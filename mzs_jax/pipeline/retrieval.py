@@ -131,12 +131,11 @@ def _embed_workdir(args, workdir, tokenizer: str | None) -> tuple:
     if not has_metadata(examples):
         note = f"{workdir}: context encoder present, but --data has no metadata: not used"
         return *embed(model, examples), None, note
-    img, txt, txt_ctx = embed(model, examples, with_context=True)
     note = (
         f"{workdir}: context encoder fuses the metadata into the text side; rows without "
         "(the exported towers) and with context"
     )
-    return img, txt, txt_ctx, note
+    return *embed(model, examples, with_context=True), note
 
 
 def run(args) -> int:

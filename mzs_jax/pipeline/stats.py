@@ -36,10 +36,10 @@ def paired_values(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Values of two methods paired by (dataset, class, case), each averaged over its seeds;
     pairs where either value is NaN are dropped."""
-    vals: dict[str, dict[tuple, list[float]]] = {
+    vals = {
         method_a: defaultdict(list),
         method_b: defaultdict(list),
-    }
+    }  # method -> (dataset, class, case) -> values
     for r in rows:
         if (
             r["method"] in vals
@@ -48,8 +48,7 @@ def paired_values(
         ):
             vals[r["method"]][(r["dataset"], r["class"], r["case"])].append(r[metric])
     keys = sorted(set(vals[method_a]) & set(vals[method_b]))
-    a = np.array([_nanmean(vals[method_a][k]) for k in keys])
-    b = np.array([_nanmean(vals[method_b][k]) for k in keys])
+    a, b = (np.array([_nanmean(vals[m][k]) for k in keys]) for m in (method_a, method_b))
     keep = ~(np.isnan(a) | np.isnan(b))
     return a[keep], b[keep]
 
