@@ -111,15 +111,18 @@ class Stages:
 
 
 def _data(demo_cfg, demo_dir: pathlib.Path, shipped: pathlib.Path | None, st: Stages):
-    """Stage "data": the tokenizer (trained, or the shipped CLIP's) and the X-ray phantom splits."""
-    from mzs_jax import demo_clip
+    """Stage "data": the tokenizer (trained, or the shipped CLIP's) and the X-ray train
+    (pseudo-masks) and held-out test phantoms, written under `demo_dir/data`."""
+    from mzs_jax import demo_clip, demo_zeroshot
 
     st.start("data", "phantom captions, tokenizer, X-ray train/test phantoms")
     if shipped is None:
         tok = demo_clip.build_tokenizer(demo_cfg, demo_dir / "tokenizer")
     else:
         tok = shutil.copytree(shipped / "tokenizer", demo_dir / "tokenizer")
-    train_s, test_s = _phantom_splits(demo_cfg, demo_dir)
+    n_train, n_test = int(demo_cfg.zeroshot.n_train), int(demo_cfg.zeroshot.n_test)
+    train_s = demo_zeroshot.make_split(demo_cfg, n_train, 0, demo_dir / "data" / "xray_train")
+    test_s = demo_zeroshot.make_split(demo_cfg, n_test, n_train, demo_dir / "data" / "xray_test")
     st.done(captions=int(demo_cfg.clip.n_captions), train=len(train_s), test=len(test_s))
     return tok, train_s, test_s
 
@@ -127,23 +130,30 @@ def _data(demo_cfg, demo_dir: pathlib.Path, shipped: pathlib.Path | None, st: St
 def run(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import jax
 
     from mzs_jax import demo_clip, demo_report, demo_weak
 
     demo_cfg = demo_config(args)
     demo_dir = pathlib.Path(args.workdir)
     prepare_workdir(demo_dir)
-    _compilation_cache(demo_dir)
-    shipped = demo_clip.shipped_checkpoint()
-    live = args.from_scratch or shipped is None
-    st = Stages(WEIGHTS if live else {**WEIGHTS, "pretrain": 2})
-    facts: dict = {"mode": demo_cfg.mode, "devices": _devices(), "cpu_count": os.cpu_count()}
+    # Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run).
+    jax.config.update("jax_compilation_cache_dir", str(demo_dir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    shipped = None if args.from_scratch else demo_clip.shipped_checkpoint()
+    st = Stages(WEIGHTS if shipped is None else {**WEIGHTS, "pretrain": 2})
+    facts: dict = {
+        "mode": demo_cfg.mode,
+        "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
+        "cpu_count": os.cpu_count(),
+    }
 
-    tok, train_s, test_s = _data(demo_cfg, demo_dir, None if live else shipped, st)
+    tok, train_s, test_s = _data(demo_cfg, demo_dir, shipped, st)
 
     pre = demo_dir / "clip" / "pretrained"
-    retrieval = {"pre-trained (no fine-tuning)": _pretrain(args, demo_cfg, pre, tok, st, facts)}
-    st.done(i2t_top1=retrieval["pre-trained (no fine-tuning)"]["summary"]["i2t_top1"][0])
+    pretrained = _pretrain(args, demo_cfg, pre, tok, shipped, st, facts)
+    retrieval = {"pre-trained (no fine-tuning)": pretrained}
+    st.done(i2t_top1=pretrained["summary"]["i2t_top1"][0])
 
     st.start(
         "finetune",
@@ -182,13 +192,13 @@ def run(args) -> int:
     return 0
 
 
-def _pretrain(args, demo_cfg, pre: pathlib.Path, tok, st: Stages, facts: dict) -> dict:
-    """The pre-trained tiny CLIP in `pre`: the shipped one imported, or trained live with InfoNCE
-    (`--from-scratch`, or no shipped checkpoint); returns its retrieval scores."""
+def _pretrain(args, demo_cfg, pre: pathlib.Path, tok, shipped, st: Stages, facts: dict) -> dict:
+    """The pre-trained tiny CLIP in `pre`: the `shipped` one imported, or trained live with
+    InfoNCE when `shipped` is None (`--from-scratch`, or none shipped); returns its retrieval
+    scores."""
     from mzs_jax import demo_clip
 
-    shipped = demo_clip.shipped_checkpoint()
-    if args.from_scratch or shipped is None:
+    if shipped is None:
         why = "--from-scratch" if args.from_scratch else "no shipped checkpoint"
         steps = demo_cfg.clip.pretrain_steps
         st.start("pretrain", f"tiny CLIP from random init ({why}), {steps} steps")
@@ -220,36 +230,13 @@ def _finetune(demo_cfg, demo_dir: pathlib.Path, pre: pathlib.Path, tok) -> dict:
     return retrieval
 
 
-def _phantom_splits(demo_cfg, demo_dir: pathlib.Path) -> tuple[list[dict], list[dict]]:
-    """The X-ray train (pseudo-masks) and held-out test phantoms, written under `demo_dir/data`."""
-    from mzs_jax import demo_zeroshot
-
-    n_train, n_test = int(demo_cfg.zeroshot.n_train), int(demo_cfg.zeroshot.n_test)
-    train = demo_zeroshot.make_split(demo_cfg, n_train, 0, demo_dir / "data" / "xray_train")
-    test = demo_zeroshot.make_split(demo_cfg, n_test, n_train, demo_dir / "data" / "xray_test")
-    return train, test
-
-
 def _export(demo_cfg, demo_dir: pathlib.Path, test_s) -> tuple[pathlib.Path, dict]:
     """The CEHNC model's workdir and its open_clip export check on 4 held-out images."""
-    from mzs_jax import demo_clip, demo_zeroshot
+    from mzs_jax import demo_clip
+    from mzs_jax.pipeline.zeroshot import clip_inputs
 
     losses = demo_cfg.clip.losses
     main_clip = demo_dir / "clip" / ("cehnc" if "cehnc" in losses else losses[-1])
-    test_inputs = demo_zeroshot.clip_inputs(test_s[:4], int(demo_cfg.image_size))
+    _, test_inputs = clip_inputs([s["image"] for s in test_s[:4]], int(demo_cfg.image_size))
     exported = demo_dir / "clip" / "cehnc_open_clip.safetensors"
     return main_clip, demo_clip.export_check(main_clip, exported, test_inputs)
-
-
-def _compilation_cache(demo_dir: pathlib.Path) -> None:
-    """Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run)."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(demo_dir / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _devices() -> str:
-    import jax
-
-    return f"{jax.device_count()}× {jax.devices()[0].device_kind}"

@@ -60,7 +60,7 @@ def run_config(
     c.checkpoint.best_metric = ""
     c.checkpoint.async_save = False
     c.eval_every_epochs = 10**6  # evaluate once, at the last step (fit always does)
-    c.eval.batch = int(demo_cfg.clip.eval_batch)
+    c.eval.batch, c.eval.seeds = int(demo_cfg.clip.eval_batch), int(demo_cfg.clip.eval_seeds)
     c.eval.max_examples = 10**6
     c.log_every_steps = 10
     return c
@@ -74,27 +74,12 @@ def train(
 ) -> dict:
     """One `loop.fit` run of the stage 1 task; returns `scores` (below) of the final model on the
     held-out captions (the embeddings of fit's end-of-run evaluation are reused)."""
-    from mzs_jax.pipeline import retrieval as ret
     from mzs_jax.train.clip_task import ClipTask
     from mzs_jax.train.loop import fit
 
-    class Task(ClipTask):
-        def evaluate(self, model, epoch):
-            ex = self.val_examples = getattr(self, "val_examples", None) or list(
-                _val(self, int(self.config.eval.max_examples))
-            )
-            self.embeddings = ret.embed(model, ex)
-            return {f"val/{k}": v[0] for k, v in summary(demo_cfg, *self.embeddings).items()}
-
-    task = Task(config, workdir)
+    task = ClipTask(config, workdir)
     fit(task, config, workdir, name=name)
-    return scores(demo_cfg, *task.embeddings)
-
-
-def _val(task, limit: int):
-    from mzs_jax.train.clip_task import _examples
-
-    return _examples(task.val_src, task.tokenizer, task.model_config, limit)
+    return scores(demo_cfg, *task.val_embeddings)
 
 
 def summary(demo_cfg, img: np.ndarray, txt: np.ndarray) -> dict[str, tuple[float, float]]:

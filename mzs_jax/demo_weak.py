@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import pathlib
 
+import ml_collections
 import numpy as np
 
 from mzs_jax import demo_zeroshot
@@ -30,107 +31,100 @@ def zero_shot(demo_cfg, demo_dir: pathlib.Path, clip_dir, tok, train_s, test_s, 
     from mzs_jax.pipeline.zeroshot import segment_dataset
 
     zeroshot_cfg = demo_cfg.zeroshot
+    test_dir, train_dir = demo_dir / "zeroshot" / "test", demo_dir / "zeroshot" / "train"
     test_cfg = demo_zeroshot.stage2_config(demo_cfg, clip_dir, tok, "test", sam_checkpoint)
-    segment_dataset(test_cfg, demo_dir / "zeroshot" / "test")
+    test = segment_dataset(test_cfg, test_dir)
     train_cfg = demo_zeroshot.stage2_config(demo_cfg, clip_dir, tok, "train", sam_checkpoint)
-    train_cfg.dpfem.reuse = str(demo_dir / "zeroshot" / "test")
-    segment_dataset(train_cfg, demo_dir / "zeroshot" / "train")
-    test = demo_zeroshot.read_run(demo_dir / "zeroshot" / "test", test_s, zeroshot_cfg.structure)
-    train = demo_zeroshot.read_run(demo_dir / "zeroshot" / "train", train_s, zeroshot_cfg.structure)
+    train_cfg.dpfem.reuse = str(test_dir)
+    train = segment_dataset(train_cfg, train_dir)
+    records = demo_zeroshot.read_records(test_dir, test_s)
     segmenter = make_segmenter(test_cfg.segmenter)
-    rows, points = _scored_rows(demo_cfg, demo_dir, test_s, test, segmenter)
-    records = test["records"] + train["records"]
+    rows, points = _scored_rows(demo_cfg, demo_dir, test_s, records, segmenter)
+    overlays = test_s[: int(zeroshot_cfg.n_overlays)]
+    maps = demo_zeroshot.read_maps(test_dir, overlays, zeroshot_cfg.structure)
     return {
         "rows": rows,
         "segmenter": segmenter.name,
         "segmenter_is_sam": sam_checkpoint is not None,
-        "pseudo_dir": demo_dir / "zeroshot" / "train" / "masks",
-        "pseudo_train_dice": float(np.mean([r["dice"] for r in train["records"]])),
+        "pseudo_train_dice": train["dice"],
         "pointing": _pointing(demo_cfg, demo_dir, test_cfg, test_s, test, points),
-        "no_box": sum(bool(r["empty"]) for r in records),
-        "notes": dict(collections.Counter(r["note"] for r in records if r["note"])),
-        "test_dice": float(np.mean([r["dice"] for r in rows if r["method"] == ZERO_SHOT])),
+        "no_box": test["n_empty"] + train["n_empty"],
+        "notes": dict(
+            collections.Counter(test["fallbacks"]) + collections.Counter(train["fallbacks"])
+        ),
+        "test_dice": test["dice"],
         "overlays": [
             {
                 "image": s["image"][..., 0],
-                "raw": test["raw"][i],
-                "saliency": test["refined"][i],
-                "box": test["records"][i]["boxes"][0] if test["records"][i]["boxes"] else None,
-                "mask": test["masks"][i],
+                "box": records[i]["boxes"][0] if records[i]["boxes"] else None,
                 "gt": s["gt"],
                 "id": s["id"],
             }
-            for i, s in enumerate(test_s[: int(zeroshot_cfg.n_overlays)])
+            | maps[i]
+            for i, s in enumerate(overlays)
         ],
-        "position_prior": POSITION_PRIOR in _baseline_names(zeroshot_cfg.prompt),
+        "position_prior": any(r["method"] == POSITION_PRIOR for r in rows),
     }
 
 
-def _baseline_names(prompt: str) -> list[str]:
-    side, zone = baselines.prompt_position(prompt)
-    return [baselines.WHOLE_BODY, baselines.RANDOM_POINT] + (
-        [POSITION_PRIOR] if side or zone else []
-    )
-
-
-def _scored_rows(demo_cfg, demo_dir, test_s, test: dict, segmenter) -> tuple[list[dict], list]:
-    """Per-case rows (evaluate's format) of the chain's test masks, with the DPFEM-refined map as
-    the AUC score, and of each baseline's masks; the baselines' random points."""
+def _scored_rows(demo_cfg, demo_dir, test_s, records, segmenter) -> tuple[list[dict], list]:
+    """Per-case rows (evaluate's format) of the chain's test masks as `mzs segment` scored them
+    (the DPFEM-refined map is the AUC score), and of each baseline's masks; the baselines'
+    random points."""
     zdir, gt_dir = demo_dir / "zeroshot" / "test", demo_dir / "data" / "xray_test" / "gt"
-    chain_dir = demo_zeroshot.write_masks(
-        zdir / ZERO_SHOT.replace(" ", "_"), test_s, test["masks"], test["refined"]
-    )
-    rows = evaluate.evaluate_dirs(chain_dir, gt_dir, method=ZERO_SHOT, dataset=DATASET, seed=0)
-    boxes = [r["boxes"][0] if r["boxes"] else None for r in test["records"]]
+    # The class as the label id of the 0/1 ground-truth PNGs the baselines and the ResUNet
+    # are scored on.
+    rows = [
+        {**r, "method": ZERO_SHOT, "class": "1"} for r in evaluate.read_csv(zdir / "per_case.csv")
+    ]
+    boxes = [r["boxes"][0] if r["boxes"] else None for r in records]
     images = [s["image"] for s in test_s]
     base = baselines.baseline_masks(
         images, boxes, segmenter, demo_cfg.zeroshot.prompt, int(demo_cfg.seed)
     )
     for name, masks in base["masks"].items():
-        # A baseline has no soft map: its AUC is that of the hard mask used as the score.
-        probs = [m.astype(np.float32) for m in masks]
-        folder = demo_zeroshot.write_masks(zdir / name.replace(" ", "_"), test_s, masks, probs)
+        folder = demo_zeroshot.write_masks(zdir / name.replace(" ", "_"), test_s, masks)
         rows += evaluate.evaluate_dirs(folder, gt_dir, method=name, dataset=DATASET, seed=0)
     return rows, base["points"]
 
 
-def _pointing(demo_cfg, demo_dir, cfg, test_s, test: dict, points) -> dict:
-    """Hit rate of each map's argmax in the target: the configured method's raw and refined maps,
-    the control prompt's map, the other saliency methods, a random body point, the image centre."""
-    from mzs_jax.pipeline.zeroshot import encode_prompts, load_clip
+def _pointing(demo_cfg, demo_dir, cfg, test_s, summary: dict, points) -> dict:
+    """Hit rate of each map's argmax in the target: the configured method's raw and refined maps
+    (`mzs segment`'s summary), the control prompt's map, the other saliency methods, a random
+    body point, the image centre."""
+    from mzs_jax.pipeline.zeroshot import compute_saliency, encode_prompts, load_clip
 
     zeroshot_cfg = demo_cfg.zeroshot
     gts = [s["gt"] for s in test_s]
-    h, w_ = gts[0].shape
-    pointing = {
-        f"raw {zeroshot_cfg.saliency} argmax": demo_zeroshot.pointing_game(test["raw"], gts)
-    }
+    h, w = gts[0].shape
+    images = [s["image"] for s in test_s]
+    pointing = {f"raw {zeroshot_cfg.saliency} argmax": summary["hit"]}
     model, tok, model_cfg = load_clip(cfg)
-    text = encode_prompts(
-        model, tok, {"target": zeroshot_cfg.prompt, "control": zeroshot_cfg.control_prompt or "x"}
-    )
-    if (
-        zeroshot_cfg.control_prompt
-    ):  # text-driven: another prompt's map should not peak on the target
-        maps = demo_zeroshot.saliency_maps(
-            model, model_cfg, test_s, text["control"], cfg, demo_dir / "zeroshot"
+    prompts = {"target": zeroshot_cfg.prompt, "control": zeroshot_cfg.control_prompt or "x"}
+    text = {
+        k: np.repeat(v[None], len(images), 0)
+        for k, v in encode_prompts(model, tok, prompts).items()
+    }
+    # Text-driven: another prompt's map should not peak on the target.
+    if zeroshot_cfg.control_prompt:
+        maps = compute_saliency(
+            model, model_cfg, images, text["control"], cfg, demo_dir / "zeroshot"
         )
         key = f"raw {zeroshot_cfg.saliency} argmax, control prompt {zeroshot_cfg.control_prompt!r}"
         pointing[key] = demo_zeroshot.pointing_game(maps, gts)
-    for method in (
-        m for m in METHODS if m != zeroshot_cfg.saliency
-    ):  # the other methods, same cases
-        g = demo_zeroshot.other_method(cfg, method)
-        maps = demo_zeroshot.saliency_maps(
-            model, model_cfg, test_s, text["target"], g, demo_dir / "zeroshot"
+    for method in (m for m in METHODS if m != zeroshot_cfg.saliency):  # the others, same cases
+        other = ml_collections.ConfigDict(cfg.to_dict())
+        other.saliency.method = method
+        maps = compute_saliency(
+            model, model_cfg, images, text["target"], other, demo_dir / "zeroshot"
         )
         pointing[f"raw {method} argmax"] = demo_zeroshot.pointing_game(maps, gts)
     return pointing | {
-        "DPFEM-refined argmax": demo_zeroshot.pointing_game(test["refined"], gts),
+        "DPFEM-refined argmax": summary["refined_hit"],
         "random body point": float(
             np.mean([g[y, x] for (y, x), g in zip(points, gts, strict=True)])
         ),
-        "image centre": float(np.mean([g[h // 2, w_ // 2] for g in gts])),
+        "image centre": float(np.mean([g[h // 2, w // 2] for g in gts])),
     }
 
 

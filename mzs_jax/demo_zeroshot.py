@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -44,14 +43,6 @@ def make_split(demo_cfg, n: int, start: int, folder: pathlib.Path) -> list[dict]
         Image.fromarray(to_uint8(s["image"])).save(folder / "images" / f"{s['id']}.png")
         Image.fromarray(s["gt"].astype(np.uint8)).save(folder / "gt" / f"{s['id']}.png")
     return samples
-
-
-def clip_inputs(samples: list[dict], size: int) -> np.ndarray:
-    """`(B, S, S, 3)` CLIP-normalised NHWC images (`data.transforms`)."""
-    from mzs_jax.data.transforms import ToClipInput
-
-    to_input = ToClipInput(size)
-    return np.stack([to_input.map({"image": s["image"]})["image"] for s in samples])
 
 
 def stage2_config(demo_cfg, clip_dir, tokenizer_dir, split: str, sam_checkpoint=None):
@@ -97,42 +88,27 @@ def stage2_config(demo_cfg, clip_dir, tokenizer_dir, split: str, sam_checkpoint=
     return c
 
 
-def read_run(workdir: pathlib.Path, samples: list[dict], structure: str) -> dict:
-    """A finished `segment_dataset` run over `samples`, in their order: `records` (cases.jsonl),
-    `masks` (bool), `raw` saliency and `refined` (DPFEM) maps at the CLIP resolution."""
+def read_records(workdir: pathlib.Path, samples: list[dict]) -> list[dict]:
+    """The `cases.jsonl` records of a finished `segment_dataset` run, in the order of `samples`."""
     by_case = {}
     for line in (workdir / "cases.jsonl").read_text().splitlines():
         r = json.loads(line)
         by_case[r["case"]] = r
+    return [by_case[s["id"]] for s in samples]
 
-    def name(s):
-        return f"{file_id(s['id'])}_{slug(structure)}"
 
+def read_maps(workdir: pathlib.Path, samples: list[dict], structure: str) -> list[dict]:
+    """Per sample of a finished run: `mask` (bool) and `saliency` (the DPFEM-refined map, the
+    raw one when DPFEM is off) at the CLIP resolution."""
     refined_dir = workdir / "refined" if (workdir / "refined").is_dir() else workdir / "saliency"
-    return {
-        "records": [by_case[s["id"]] for s in samples],
-        "masks": [
-            np.asarray(Image.open(workdir / "masks" / f"{name(s)}.png")) > 0 for s in samples
-        ],
-        "raw": np.stack([np.load(workdir / "saliency" / f"{name(s)}.npy") for s in samples]),
-        "refined": np.stack([np.load(refined_dir / f"{name(s)}.npy") for s in samples]),
-    }
-
-
-def saliency_maps(model, model_cfg, samples, text: np.ndarray, cfg, workdir) -> np.ndarray:
-    """Saliency `(B, S, S)` of one prompt embedding for all `samples` with `cfg.saliency`."""
-    from mzs_jax.pipeline.zeroshot import compute_saliency
-
-    images = [s["image"] for s in samples]
-    return compute_saliency(
-        model, model_cfg, images, np.repeat(text[None], len(images), 0), cfg, workdir
-    )
-
-
-def other_method(cfg: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-    out = ml_collections.ConfigDict(cfg.to_dict())
-    out.saliency.method = method
-    return out
+    names = [f"{file_id(s['id'])}_{slug(structure)}" for s in samples]
+    return [
+        {
+            "mask": np.asarray(Image.open(workdir / "masks" / f"{n}.png")) > 0,
+            "saliency": np.load(refined_dir / f"{n}.npy"),
+        }
+        for n in names
+    ]
 
 
 def pointing_game(maps: np.ndarray, gts: list[np.ndarray]) -> float:
@@ -143,11 +119,11 @@ def pointing_game(maps: np.ndarray, gts: list[np.ndarray]) -> float:
     return float(np.mean(hits))
 
 
-def write_masks(folder: pathlib.Path, samples, masks, probs=None) -> pathlib.Path:
-    """`<id>.png` (0/1) and, with `probs`, the soft map `<id>_prob.npy` (for AUC)."""
+def write_masks(folder: pathlib.Path, samples, masks) -> pathlib.Path:
+    """`<id>.png` (0/1) and the mask as its own soft map `<id>_prob.npy`: a baseline has no
+    soft map, so its AUC is that of the hard mask used as the score."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (s, m) in enumerate(zip(samples, masks, strict=True)):
+    for s, m in zip(samples, masks, strict=True):
         Image.fromarray(np.asarray(m, np.uint8)).save(folder / f"{s['id']}.png")
-        if probs is not None:
-            np.save(folder / f"{s['id']}_prob.npy", np.asarray(probs[i], np.float32))
+        np.save(folder / f"{s['id']}_prob.npy", np.asarray(m, np.float32))
     return folder

@@ -98,14 +98,14 @@ class Runner:
     engine's `loop.init_state` + `step.make_train_step` (no checkpoints are written)."""
 
     def __init__(self, cfg, init: pathlib.Path, tokenizer: pathlib.Path, workdir: pathlib.Path):
-        from mzs_jax.train.clip_task import ClipTask, _examples
+        from mzs_jax.train.clip_task import ClipTask, clip_examples
 
         _check(cfg)
         self.cfg, self.init, self.tokenizer, self.workdir = cfg, init, tokenizer, workdir
         task = ClipTask(train_config(cfg, "infonce", init, tokenizer), workdir / "data")
-        self.train = _arrays(_examples(task.train_src, task.tokenizer, task.model_config))
+        self.train = _arrays(clip_examples(task.train_src, task.tokenizer, task.model_config))
         self.train_blocks = np.array([s["block"] for s in task.train_src])
-        self.val = list(_examples(task.val_src, task.tokenizer, task.model_config))
+        self.val = list(clip_examples(task.val_src, task.tokenizer, task.model_config))
         val_blocks = np.array([s["block"] for s in task.val_src])
         self.chunks = [np.nonzero(val_blocks == b)[0] for b in np.unique(val_blocks)]
         self.one_attribute_pairs = sum(

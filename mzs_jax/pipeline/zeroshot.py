@@ -106,12 +106,7 @@ def encode_prompts(model, tokenizer, prompts: dict[str, str]) -> dict[str, np.nd
 
 def clip_inputs(images: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images in [0, 1] → (RGB `(B, S, S, 3)` in [0, 1], CLIP-normalised copy)."""
-    rgb = []
-    for im in images:
-        im = np.asarray(im, np.float32)
-        im = np.repeat(im[..., :1], 3, -1) if im.ndim == 3 and im.shape[-1] == 1 else im
-        im = np.repeat(im[..., None], 3, -1) if im.ndim == 2 else im
-        rgb.append(transforms.resize_image(im, size))
+    rgb = [transforms.resize_image(transforms.grey_to_rgb(np.float32(im)), size) for im in images]
     rgb = np.clip(np.stack(rgb), 0, 1)
     return rgb, transforms.clip_normalize(rgb)
 

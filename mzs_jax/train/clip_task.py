@@ -139,9 +139,10 @@ class ToClipExample(grain.transforms.Map):
         return out
 
 
-def _examples(
+def clip_examples(
     src, tokenizer, model_config, limit: int = 0, *, context: bool = False
 ) -> grain.MapDataset:
+    """`src` records as model inputs (`ToClipExample`), the first `limit` when `limit > 0`."""
     ds = grain.MapDataset.source(src)
     if limit > 0:
         ds = ds[:limit]
@@ -167,7 +168,7 @@ def eval_examples(
     tok = resolve_tokenizer(
         tokenizer, None if tokenizer else workdir, model_config.text.context_length
     )
-    return _examples(src, tok, model_config, limit, context=context)
+    return clip_examples(src, tok, model_config, limit, context=context)
 
 
 # ------------------------------------------------------------------------------------ task
@@ -342,19 +343,20 @@ class ClipTask:
         return clip_objective(model, outputs, batch, self._loss)
 
     def train_dataset(self, config) -> grain.MapDataset:
-        return _examples(
+        return clip_examples(
             self.train_src, self.tokenizer, self.model_config, config.data.limit, context=True
         )
 
     def evaluate(self, model, epoch: int) -> dict[str, float]:
+        """Retrieval on the held-out pairs; their embeddings stay in `val_embeddings`."""
         from mzs_jax.train import retrieval_scores as retrieval
 
         if len(self.val_src) == 0:  # config.data.val_fraction = 0: nothing held out to score
             return {}
-        ex = _examples(
+        ex = clip_examples(
             self.val_src, self.tokenizer, self.model_config, int(self.config.eval.max_examples)
         )
-        img, txt = retrieval.embed(model, ex)
+        img, txt = self.val_embeddings = retrieval.embed(model, ex)
         res = retrieval.summarize(
             img, txt, batch=int(self.config.eval.batch), seeds=int(self.config.eval.seeds)
         )
