@@ -120,9 +120,8 @@ def _data(demo_cfg, demo_dir: pathlib.Path, shipped: pathlib.Path | None, st: St
         tok = demo_clip.build_tokenizer(demo_cfg, demo_dir / "tokenizer")
     else:
         tok = shutil.copytree(shipped / "tokenizer", demo_dir / "tokenizer")
-    n_train, n_test = int(demo_cfg.zeroshot.n_train), int(demo_cfg.zeroshot.n_test)
-    train_s = demo_zeroshot.make_split(demo_cfg, n_train, 0, demo_dir / "data" / "xray_train")
-    test_s = demo_zeroshot.make_split(demo_cfg, n_test, n_train, demo_dir / "data" / "xray_test")
+    train_s = demo_zeroshot.make_split(demo_cfg, "train", demo_dir / "data" / "xray_train")
+    test_s = demo_zeroshot.make_split(demo_cfg, "test", demo_dir / "data" / "xray_test")
     st.done(captions=int(demo_cfg.clip.n_captions), train=len(train_s), test=len(test_s))
     return tok, train_s, test_s
 

@@ -5,44 +5,34 @@ held-out phantoms the report scores it and the baselines on.
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
 from PIL import Image
 
-from mzs_jax.pipeline.zeroshot import file_id, slug
+from mzs_jax.pipeline.zeroshot import file_id, read_jsonl, slug
 
 DATASET = "xray-phantom"
 
 
-def make_split(demo_cfg, n: int, start: int, folder: pathlib.Path) -> list[dict]:
-    """`n` phantoms of `demo_cfg.zeroshot.kind` (phantom generator, seed `data_seed`; only those
-    with one of the comma-separated `findings`, when set), from the `start`-th on, written as
-    `folder/images/<id>.png` (grey) and `folder/gt/<id>.png` (0/1 mask of the target)."""
-    from mzs_jax.data import phantom
+def make_split(demo_cfg, split: str, folder: pathlib.Path) -> list[dict]:
+    """The `split` phantoms (`stage2_config`) as `mzs segment` loads them (`load_cases`), written
+    as `folder/images/<id>.png` (grey) and `folder/gt/<id>.png` (0/1 mask of the target); each
+    `{"id", "image", "gt"}` with `gt` the target's bool mask."""
     from mzs_jax.data.phantom_formats import to_uint8
+    from mzs_jax.pipeline.zeroshot_data import load_cases
 
-    zeroshot_cfg = demo_cfg.zeroshot
-    samples = phantom.generate(
-        zeroshot_cfg.kind,
-        n,
-        seed=int(zeroshot_cfg.data_seed),
-        size=int(demo_cfg.image_size),
-        start=start,
-        findings=str(zeroshot_cfg.findings),
-    )
+    structure = demo_cfg.zeroshot.structure
+    cases, _ = load_cases(stage2_config(demo_cfg, "", "", split))
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "gt").mkdir(parents=True, exist_ok=True)
-    for s in samples:
-        if zeroshot_cfg.structure not in s["structures"]:
-            raise ValueError(
-                f"zeroshot.structure={zeroshot_cfg.structure!r} is not in phantom {s['id']}"
-            )
-        s["gt"] = phantom.structure_mask(s, zeroshot_cfg.structure)
-        Image.fromarray(to_uint8(s["image"])).save(folder / "images" / f"{s['id']}.png")
-        Image.fromarray(s["gt"].astype(np.uint8)).save(folder / "gt" / f"{s['id']}.png")
-    return samples
+    for c in cases:
+        c["gt"] = c["gt"][structure]
+        if not c["gt"].any():
+            raise ValueError(f"zeroshot.structure={structure!r} is not in phantom {c['id']}")
+        Image.fromarray(to_uint8(c["image"])).save(folder / "images" / f"{c['id']}.png")
+        Image.fromarray(c["gt"].astype(np.uint8)).save(folder / "gt" / f"{c['id']}.png")
+    return cases
 
 
 def stage2_config(demo_cfg, clip_dir, tokenizer_dir, split: str, sam_checkpoint=None):
@@ -55,11 +45,8 @@ def stage2_config(demo_cfg, clip_dir, tokenizer_dir, split: str, sam_checkpoint=
     c = default_config()
     c.dataset = DATASET
     c.clip_workdir, c.tokenizer = str(clip_dir), str(tokenizer_dir)
-    start, n = (
-        (0, int(zeroshot_cfg.n_train))
-        if split == "train"
-        else (int(zeroshot_cfg.n_train), int(zeroshot_cfg.n_test))
-    )
+    n_train = int(zeroshot_cfg.n_train)
+    start, n = (0, n_train) if split == "train" else (n_train, int(zeroshot_cfg.n_test))
     c.data.update(
         {
             "source": "phantom",
@@ -90,10 +77,7 @@ def stage2_config(demo_cfg, clip_dir, tokenizer_dir, split: str, sam_checkpoint=
 
 def read_records(workdir: pathlib.Path, samples: list[dict]) -> list[dict]:
     """The `cases.jsonl` records of a finished `segment_dataset` run, in the order of `samples`."""
-    by_case = {}
-    for line in (workdir / "cases.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        by_case[r["case"]] = r
+    by_case = {r["case"]: r for r in read_jsonl(workdir / "cases.jsonl")}
     return [by_case[s["id"]] for s in samples]
 
 

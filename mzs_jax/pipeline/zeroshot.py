@@ -184,7 +184,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
     seg = segmenters.make_segmenter(cfg.segmenter)
     grid = size // int(model_cfg.vision.patch_size)
     done_path = workdir / "cases.jsonl"
-    done = {(r["case"], r["class"]) for r in _read_jsonl(done_path)}
+    done = {(r["case"], r["class"]) for r in read_jsonl(done_path)}
     items = [(c, n) for c in cases for n in cfg.prompts if (c["id"], n) not in done]
     progress = Progress(len(items), "segment", unit="mask")
     for c, n in items:
@@ -199,7 +199,7 @@ def segment_dataset(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path)
             volumes,
             lambda cid, n: workdir / "masks" / f"{file_id(cid)}_{slug(n)}.png",
         )
-    summary = summarize(_read_jsonl(done_path))
+    summary = summarize(read_jsonl(done_path))
     summary["saliency_s_per_map"] = sal_s
     (workdir / "summary.json").write_text(json.dumps(_nan_to_null(summary), indent=1))
     return summary
@@ -382,7 +382,8 @@ def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name)
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """The records of a `cases.jsonl` (none when it does not exist yet)."""
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -85,14 +85,12 @@ def save_png(mask: np.ndarray, path: pathlib.Path) -> None:
 
 def save_figure(path, image, sal, refined_sal, refined, mask, title: str) -> None:
     """Overlay figure: image | saliency | refined saliency + box | mask."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
+    from mzs_jax.pipeline import report
+
     img = np.asarray(image)[..., 0] if np.asarray(image).ndim == 3 else image
-    fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
+    fig, axes = report.pyplot().subplots(1, 4, figsize=(10, 2.8))
     panels = [(img, "image"), (sal, "saliency"), (refined_sal, "refined + box"), (mask, "mask")]
     for ax, (arr, name) in zip(axes, panels, strict=True):
         ax.imshow(img, cmap="gray")
@@ -107,7 +105,4 @@ def save_figure(path, image, sal, refined_sal, refined, mask, title: str) -> Non
             )
         )
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=80)
