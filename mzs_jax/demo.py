@@ -136,16 +136,11 @@ def run(args) -> int:
     demo_cfg = demo_config(args)
     demo_dir = pathlib.Path(args.workdir)
     prepare_workdir(demo_dir)
-    # Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run).
-    jax.config.update("jax_compilation_cache_dir", str(demo_dir / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    _compilation_cache(demo_dir)
     shipped = None if args.from_scratch else demo_clip.shipped_checkpoint()
     st = Stages(WEIGHTS if shipped is None else {**WEIGHTS, "pretrain": 2})
-    facts: dict = {
-        "mode": demo_cfg.mode,
-        "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
-        "cpu_count": os.cpu_count(),
-    }
+    devices = f"{jax.device_count()}× {jax.devices()[0].device_kind}"
+    facts: dict = {"mode": demo_cfg.mode, "devices": devices, "cpu_count": os.cpu_count()}
 
     tok, train_s, test_s = _data(demo_cfg, demo_dir, shipped, st)
 
@@ -239,3 +234,11 @@ def _export(demo_cfg, demo_dir: pathlib.Path, test_s) -> tuple[pathlib.Path, dic
     _, test_inputs = clip_inputs([s["image"] for s in test_s[:4]], int(demo_cfg.image_size))
     exported = demo_dir / "clip" / "cehnc_open_clip.safetensors"
     return main_clip, demo_clip.export_check(main_clip, exported, test_inputs)
+
+
+def _compilation_cache(demo_dir: pathlib.Path) -> None:
+    """Re-runs reuse compiled XLA programs (the 3 ResUNet seeds share one within a run)."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(demo_dir / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
