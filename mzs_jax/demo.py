@@ -131,7 +131,7 @@ def run(args) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import jax
 
-    from mzs_jax import demo_clip, demo_report, demo_weak
+    from mzs_jax import demo_clip, demo_report, demo_weak, demo_zeroshot
 
     demo_cfg = demo_config(args)
     demo_dir = pathlib.Path(args.workdir)
@@ -168,13 +168,13 @@ def run(args) -> int:
         "zeroshot",
         f"{zeroshot_cfg.saliency} → DPFEM → CRF → box → segmenter, prompt {zeroshot_cfg.prompt!r}",
     )
-    zero_shot_result = demo_weak.zero_shot(
+    zero_shot_result = demo_zeroshot.zero_shot(
         demo_cfg, demo_dir, main_clip, tok, train_s, test_s, args.sam_checkpoint
     )
     st.done(dice=zero_shot_result["test_dice"])
 
     st.start("weak", f"ResUNet on the pseudo-masks, seeds {tuple(demo_cfg.weak.seeds)}")
-    weak = demo_weak.weak_stage(demo_cfg, demo_dir, zero_shot_result)
+    weak = demo_weak.weak_stage(demo_cfg, demo_dir)
     st.done(dice=weak["mean_dice"])
 
     st.start("report", "tables, t-tests, figures")

@@ -10,7 +10,8 @@ import pathlib
 
 import numpy as np
 
-from mzs_jax.demo_weak import WEAK, ZERO_SHOT
+from mzs_jax.demo_weak import WEAK
+from mzs_jax.demo_zeroshot import ZERO_SHOT
 from mzs_jax.pipeline import evaluate, report
 from mzs_jax.pipeline import retrieval as ret
 from mzs_jax.pipeline.stats import paired_ttest
