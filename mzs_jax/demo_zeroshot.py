@@ -198,7 +198,9 @@ def _pointing(demo_cfg, demo_dir, cfg, test_s, summary: dict, points) -> dict:
     images = [s["image"] for s in test_s]
     pointing = {f"raw {zeroshot_cfg.saliency} argmax": summary["hit"]}
     model, tok, model_cfg = load_clip(cfg)
-    prompts = {"target": zeroshot_cfg.prompt, "control": zeroshot_cfg.control_prompt or "x"}
+    prompts = {"target": zeroshot_cfg.prompt}
+    if zeroshot_cfg.control_prompt:
+        prompts["control"] = zeroshot_cfg.control_prompt
     text = {
         k: np.repeat(v[None], len(images), 0)
         for k, v in encode_prompts(model, tok, prompts).items()
